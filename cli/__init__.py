@@ -1,0 +1,1 @@
+"""The ``sdo-adv`` command line (installed as ``sdo_adv.cli``)."""

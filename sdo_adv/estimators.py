@@ -1,0 +1,107 @@
+"""Gradient estimators: per-step policies that say how each network call joins the graph.
+
+The sampling loop (:meth:`sdo_adv.Generator.sample`) never detaches the latent between
+steps, so the scheduler's linear update always stays differentiable (the "shortcut").
+An estimator only decides, for each of the ``n`` network calls of one trajectory, whether
+the call keeps its autograd graph (``GRAPH``), keeps it through activation checkpointing
+(``CHECKPOINT``), or runs under ``torch.no_grad()`` with its output used detached
+(``DETACHED``).
+
+Names: ``full``, ``checkpoint``, ``truncated:K``, ``skip``, ``sdo`` (= ``sdo:first``),
+``sdo:last``, ``sdo:random``, ``sdo:<index>`` (index into the sampled steps; negative
+indices count from the end).
+"""
+from __future__ import annotations
+
+import enum
+import random
+from dataclasses import dataclass, field
+
+
+class CallMode(enum.Enum):
+    GRAPH = "graph"
+    CHECKPOINT = "checkpoint"
+    DETACHED = "detached"
+
+
+ESTIMATOR_FORMS = ("full", "checkpoint", "truncated:K", "skip", "sdo", "sdo:first",
+                   "sdo:last", "sdo:random", "sdo:<index>")
+
+
+@dataclass
+class Estimator:
+    """A named per-step policy. ``plan(n)`` returns one :class:`CallMode` per network call.
+
+    ``kind`` is one of full / checkpoint / truncated / skip / sdo; ``arg`` is K for
+    ``truncated`` and first / last / random / an int for ``sdo``.
+    """
+
+    kind: str
+    arg: int | str | None = None
+    seed: int | None = None
+    _rng: random.Random = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed)
+
+    @property
+    def name(self) -> str:
+        return self.kind if self.arg is None else f"{self.kind}:{self.arg}"
+
+    def retained_index(self, n: int) -> int:
+        """Index of the one call an ``sdo`` estimator keeps, for a trajectory of ``n`` calls."""
+        if self.arg == "first":
+            return 0
+        if self.arg == "last":
+            return n - 1
+        if self.arg == "random":
+            return self._rng.randrange(n)
+        index = int(self.arg)
+        if not -n <= index < n:
+            raise ValueError(f"estimator {self.name!r}: index {index} is outside the {n} sampled steps")
+        return index % n
+
+    def plan(self, n: int) -> list[CallMode]:
+        if self.kind == "full":
+            return [CallMode.GRAPH] * n
+        if self.kind == "checkpoint":
+            return [CallMode.CHECKPOINT] * n
+        if self.kind == "skip":
+            return [CallMode.DETACHED] * n
+        if self.kind == "truncated":
+            k = min(int(self.arg), n)
+            return [CallMode.DETACHED] * (n - k) + [CallMode.GRAPH] * k
+        keep = self.retained_index(n)
+        return [CallMode.GRAPH if i == keep else CallMode.DETACHED for i in range(n)]
+
+    @property
+    def reaches_condition(self) -> bool:
+        """Whether any network call keeps a graph, so a conditioning embedding gets a gradient."""
+        return self.kind != "skip"
+
+
+def parse_estimator(spec: str | Estimator, seed: int | None = None) -> Estimator:
+    """Turn a name such as ``"sdo"``, ``"truncated:5"`` or ``"sdo:-2"`` into an :class:`Estimator`."""
+    if isinstance(spec, Estimator):
+        return spec
+    if not isinstance(spec, str):
+        raise TypeError(f"estimator must be a string, got {type(spec).__name__}")
+    kind, _, arg = spec.strip().lower().partition(":")
+    error = ValueError(f"unknown gradient estimator {spec!r}; accepted forms: {', '.join(ESTIMATOR_FORMS)}")
+    if kind in ("full", "checkpoint", "skip"):
+        if arg:
+            raise error
+        return Estimator(kind)
+    if kind == "truncated":
+        if not arg.isdigit() or int(arg) < 1:
+            raise error
+        return Estimator(kind, int(arg))
+    if kind == "sdo":
+        arg = arg or "first"
+        if arg in ("first", "last", "random"):
+            return Estimator(kind, arg, seed=seed)
+        try:
+            return Estimator(kind, int(arg))
+        except ValueError:
+            raise error from None
+    raise error

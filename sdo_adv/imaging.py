@@ -1,0 +1,74 @@
+"""Image tensor helpers: validation, differentiable resizing, channel conversion.
+
+Images are float tensors ``(B, C, H, W)`` with values in [0, 1].
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+LUMA = (0.299, 0.587, 0.114)
+
+
+def check_images(images: object, name: str = "images") -> Tensor:
+    """Raise a ValueError/TypeError naming the problem unless ``images`` is a finite float
+    ``(B, C, H, W)`` tensor in [0, 1] with B >= 1 and C in (1, 3)."""
+    if not isinstance(images, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(images).__name__}")
+    if images.dim() != 4:
+        raise ValueError(f"{name} must have shape (B, C, H, W), got shape {tuple(images.shape)}")
+    if images.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (shape {tuple(images.shape)})")
+    if images.shape[1] not in (1, 3):
+        raise ValueError(f"{name} must have 1 or 3 channels, got {images.shape[1]} (shape {tuple(images.shape)})")
+    if not images.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor in [0, 1], got dtype {images.dtype}")
+    if not torch.isfinite(images).all():
+        raise ValueError(f"{name} contains NaN or inf values")
+    lo, hi = images.min().item(), images.max().item()
+    if lo < 0 or hi > 1:
+        raise ValueError(f"{name} must be in [0, 1], got values in [{lo:.4g}, {hi:.4g}]")
+    return images
+
+
+def check_labels(labels: object, batch: int, num_classes: int | None, name: str = "labels") -> Tensor:
+    """Raise unless ``labels`` is an integer ``(batch,)`` tensor with values in [0, num_classes)."""
+    if not isinstance(labels, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of class indices, got {type(labels).__name__}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer class indices, got dtype {labels.dtype}")
+    if labels.dim() != 1 or labels.shape[0] != batch:
+        raise ValueError(f"{name} must have shape ({batch},) to match the images, got {tuple(labels.shape)}")
+    if labels.numel() and (labels.min() < 0 or (num_classes is not None and labels.max() >= num_classes)):
+        bound = f"[0, {num_classes})" if num_classes is not None else ">= 0"
+        raise ValueError(f"{name} must be class indices in {bound}, got values in "
+                         f"[{labels.min().item()}, {labels.max().item()}]")
+    return labels
+
+
+def resize(images: Tensor, size: int | tuple[int, int]) -> Tensor:
+    """Differentiable bilinear resize to ``size`` (antialiased when shrinking); identity if equal."""
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    if tuple(images.shape[-2:]) == size:
+        return images
+    shrink = size[0] < images.shape[-2] or size[1] < images.shape[-1]
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=shrink)
+
+
+def convert_channels(images: Tensor, channels: int) -> Tensor:
+    """Grayscale -> RGB by repetition, RGB -> grayscale by ITU-R 601 luma; identity if equal."""
+    have = images.shape[1]
+    if have == channels:
+        return images
+    if have == 1 and channels == 3:
+        return images.expand(-1, 3, -1, -1)
+    if have == 3 and channels == 1:
+        w = images.new_tensor(LUMA).view(1, 3, 1, 1)
+        return (images * w).sum(1, keepdim=True)
+    raise ValueError(f"cannot convert images with {have} channels to {channels} channels")
+
+
+def to_model_input(images: Tensor, channels: int, size: int | tuple[int, int]) -> Tensor:
+    """Convert channels and resize, in that order."""
+    return resize(convert_channels(images, channels), size)

@@ -1,0 +1,230 @@
+"""One factory each for generators and classifiers, named by spec strings (as timm's create_model).
+
+Generator specs: ``sdo-adv:<embedded name>``, a local diffusers folder, or a hub id
+(``org/name``, read from the local Hugging Face cache when offline).
+
+Classifier specs: ``sdo-adv:<embedded name>``, ``timm:<name>`` (``pretrained=True`` loads
+timm's weights) or ``timm:<name>@<checkpoint file>``, ``robustbench:<dataset>/<threat
+model>/<model name>``, a Python file ``path/to/file.py[:factory]`` whose factory returns an
+``nn.Module``, or any ``nn.Module``.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .classifier import ImageClassifier
+from .generator import Generator
+
+MODELS_DIR = Path(__file__).parent / "models"
+GENERATOR_FORMS = ("sdo-adv:<embedded name>", "a local diffusers folder", "a hub id org/name")
+CLASSIFIER_FORMS = ("sdo-adv:<embedded name>", "timm:<name>", "timm:<name>@<checkpoint>",
+                    "robustbench:<dataset>/<threat model>/<model name>", "path/to/file.py[:factory]",
+                    "an nn.Module")
+ROBUSTBENCH_INPUT = {"cifar10": (3, 32, 32), "cifar100": (3, 32, 32), "imagenet": (3, 224, 224)}
+
+
+def embedded_models() -> dict[str, dict[str, Any]]:
+    """Embedded models by name: ``{"kind": "generator" | "classifier", "path": Path, "config": dict}``."""
+    found = {}
+    for folder in sorted(MODELS_DIR.glob("*/")):
+        if (folder / "model_index.json").exists():
+            info = folder / "sdo_adv.json"
+            found[folder.name] = {"kind": "generator", "path": folder,
+                                  "config": json.loads(info.read_text()) if info.exists() else {}}
+        elif (folder / "config.json").exists():
+            found[folder.name] = {"kind": "classifier", "path": folder,
+                                  "config": json.loads((folder / "config.json").read_text())}
+    return found
+
+
+def _embedded(name: str, kind: str) -> dict[str, Any]:
+    models = {k: v for k, v in embedded_models().items() if v["kind"] == kind}
+    if name not in models:
+        known = ", ".join(f"sdo-adv:{k}" for k in models) or "none installed"
+        raise ValueError(f"unknown embedded {kind} {name!r}; available: {known}")
+    return models[name]
+
+
+# ---- generators ---------------------------------------------------------------------------
+def load_generator(spec: str | Path | Generator, **kwargs: Any) -> Generator:
+    """Load a :class:`Generator`. ``kwargs`` override the stored defaults
+    (``num_inference_steps``, ``guidance_scale``, ``sampler``, ``null_class``, ...) and
+    ``torch_dtype`` is passed to diffusers."""
+    if isinstance(spec, Generator):
+        return spec
+    if not isinstance(spec, (str, Path)):
+        raise TypeError(f"generator spec must be a string, a path or a Generator, got {type(spec).__name__}")
+    spec_s = str(spec)
+    if spec_s.startswith("sdo-adv:"):
+        return _generator_from_folder(_embedded(spec_s.split(":", 1)[1], "generator")["path"], kwargs)
+    path = Path(spec_s).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").exists():
+            raise FileNotFoundError(f"{path} is not a diffusers folder: model_index.json is missing")
+        return _generator_from_folder(path, kwargs)
+    parts = spec_s.split("/")
+    if len(parts) == 2 and all(parts) and ":" not in spec_s and not path.suffix:
+        return _generator_from_folder(spec_s, kwargs)
+    raise ValueError(f"unknown generator spec {spec_s!r} (no such folder); accepted forms: "
+                     + ", ".join(GENERATOR_FORMS))
+
+
+def _generator_from_folder(source: str | Path, kwargs: dict[str, Any]) -> Generator:
+    from diffusers import DiffusionPipeline
+
+    torch_dtype = kwargs.pop("torch_dtype", None)
+    extra = {"safety_checker": None, "requires_safety_checker": False}
+    index = json.loads((Path(source) / "model_index.json").read_text()) if Path(source).is_dir() else {}
+    if index and "safety_checker" not in index:
+        extra = {}
+    try:
+        pipe = DiffusionPipeline.from_pretrained(source, torch_dtype=torch_dtype, **extra)
+    except OSError as err:
+        raise FileNotFoundError(f"cannot load diffusers model {str(source)!r}: {err}") from err
+    defaults: dict[str, Any] = {}
+    info = Path(source) / "sdo_adv.json"
+    if info.exists():
+        stored = json.loads(info.read_text())
+        defaults = {k: stored[k] for k in ("num_inference_steps", "guidance_scale", "null_class",
+                                           "sampler", "class_names", "prompt_template") if k in stored}
+    return Generator.from_pipeline(pipe, **{**defaults, **kwargs})
+
+
+# ---- classifiers ----------------------------------------------------------------------------
+def load_classifier(spec: str | Path | nn.Module, *, pretrained: bool = False,
+                    model_dir: str | Path = "./models", **kwargs: Any) -> ImageClassifier:
+    """Load a classifier that takes [0, 1] images of any size (see :class:`ImageClassifier`).
+
+    ``pretrained``: load timm's published weights for ``timm:<name>``. ``model_dir``: where
+    robustbench looks for checkpoints. For ``nn.Module`` specs, ``kwargs`` give
+    ``input_size``, ``mean``, ``std``, ``num_classes``; for timm specs they are passed to
+    ``timm.create_model``.
+    """
+    if isinstance(spec, ImageClassifier):
+        return spec
+    if isinstance(spec, nn.Module):
+        return ImageClassifier(spec, kwargs.pop("input_size", (3, 224, 224)),
+                               kwargs.pop("mean", (0.0,)), kwargs.pop("std", (1.0,)), **kwargs).eval()
+    if not isinstance(spec, (str, Path)):
+        raise TypeError(f"classifier spec must be a string, a path or an nn.Module, got {type(spec).__name__}")
+    spec_s = str(spec)
+    scheme, sep, rest = spec_s.partition(":")
+    if sep and scheme == "sdo-adv":
+        return _embedded_classifier(rest)
+    if sep and scheme == "timm":
+        name, _, ckpt = rest.partition("@")
+        return _timm_classifier(name, pretrained, ckpt or None, kwargs)
+    if sep and scheme == "robustbench":
+        return _robustbench_classifier(rest, model_dir)
+    if spec_s.split(":")[0].endswith(".py"):
+        return _file_classifier(spec_s, kwargs)
+    raise ValueError(f"unknown classifier spec {spec_s!r}; accepted forms: " + ", ".join(CLASSIFIER_FORMS))
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load weights from ``.safetensors`` or with ``torch.load(weights_only=True)``; unwrap
+    ``state_dict`` / ``model`` containers and ``module.`` prefixes."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{path} cannot be loaded with torch.load(weights_only=True): {err}") from err
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _timm_model_with_config(name: str, model: nn.Module, spec: str) -> ImageClassifier:
+    import timm.data
+
+    cfg = timm.data.resolve_data_config({}, model=model)
+    extra = {k: cfg[k] for k in ("interpolation", "crop_pct") if k in cfg}
+    return ImageClassifier(model, cfg["input_size"], cfg["mean"], cfg["std"],
+                           getattr(model, "num_classes", None), name=spec, data_config=extra).eval()
+
+
+def _timm_classifier(name: str, pretrained: bool, ckpt: str | None, kwargs: dict[str, Any]) -> ImageClassifier:
+    import timm
+
+    if not timm.is_model(name):
+        raise ValueError(f"unknown timm model {name!r}")
+    model = timm.create_model(name, pretrained=pretrained and ckpt is None, **kwargs)
+    if ckpt is not None:
+        model.load_state_dict(load_state_dict(ckpt))
+    return _timm_model_with_config(name, model, f"timm:{name}")
+
+
+def _embedded_classifier(name: str) -> ImageClassifier:
+    import timm
+
+    entry = _embedded(name, "classifier")
+    cfg = entry["config"]
+    model = timm.create_model(cfg["architecture"], pretrained=False, **cfg.get("model_args", {}))
+    model.load_state_dict(load_state_dict(entry["path"] / "model.safetensors"))
+    pc = cfg["pretrained_cfg"]
+    extra = {k: pc[k] for k in ("interpolation", "crop_pct", "label_names") if k in pc}
+    return ImageClassifier(model, pc["input_size"], pc["mean"], pc["std"], pc.get("num_classes"),
+                           name=f"sdo-adv:{name}", data_config=extra).eval()
+
+
+def _robustbench_classifier(rest: str, model_dir: str | Path) -> ImageClassifier:
+    parts = rest.split("/")
+    if len(parts) != 3 or not all(parts):
+        raise ValueError(f"robustbench spec must be robustbench:<dataset>/<threat model>/<model name>, got {rest!r}")
+    dataset, threat, name = parts
+    if dataset not in ROBUSTBENCH_INPUT:
+        raise ValueError(f"unknown robustbench dataset {dataset!r}; accepted: {', '.join(ROBUSTBENCH_INPUT)}")
+    rb = _compat_robustbench()
+    from robustbench.model_zoo import model_dicts
+    from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
+
+    try:
+        zoo = model_dicts[BenchmarkDataset(dataset)][ThreatModel(threat)]
+    except (ValueError, KeyError):
+        raise ValueError(f"unknown robustbench threat model {threat!r} for {dataset}") from None
+    if name not in zoo:
+        raise ValueError(f"unknown robustbench model {name!r} in {dataset}/{threat}")
+    path = Path(model_dir) / dataset / threat / f"{name}.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"robustbench checkpoint for {name} not found at {path} "
+                                "(download it with network access or pass model_dir)")
+    model = rb.load_model(model_name=name, model_dir=str(model_dir), dataset=dataset, threat_model=threat)
+    n = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}[dataset]
+    return ImageClassifier(model, ROBUSTBENCH_INPUT[dataset], (0.0,), (1.0,), n,
+                           name=f"robustbench:{rest}").eval()
+
+
+def _compat_robustbench():
+    from ._compat import import_robustbench_utils
+
+    return import_robustbench_utils()
+
+
+def _file_classifier(spec: str, kwargs: dict[str, Any]) -> ImageClassifier:
+    file, _, factory = spec.partition(":")
+    path = Path(file)
+    if not path.is_file():
+        raise FileNotFoundError(f"classifier file not found: {path}")
+    module_spec = importlib.util.spec_from_file_location(f"sdo_adv_user_{path.stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    factory = factory or "create_model"
+    if not callable(getattr(module, factory, None)):
+        raise ValueError(f"{path} has no callable {factory!r} (name it with {path}:<function>)")
+    model = getattr(module, factory)()
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{path}:{factory} returned {type(model).__name__}, not an nn.Module")
+    return load_classifier(model, **kwargs)

@@ -1,0 +1,39 @@
+"""Per-sample attack losses on classifier logits ``(B, K)``; lower is better for the attacker."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+LOSSES = ("cw", "ce")
+
+
+def attack_loss(logits: Tensor, labels: Tensor, kind: str = "cw", targeted: bool = False,
+                kappa: float = 0.0) -> Tensor:
+    """``(B,)`` loss to minimize. ``labels`` are the true classes, or the targets when ``targeted``.
+
+    ``cw``: Carlini-Wagner margin, clamped below at ``-kappa`` (untargeted:
+    ``z_y - max_{j != y} z_j``; targeted: ``max_{j != t} z_j - z_t``).
+    ``ce``: cross-entropy (negated when untargeted).
+    """
+    if kind == "ce":
+        ce = F.cross_entropy(logits, labels, reduction="none")
+        return ce if targeted else -ce
+    if kind == "cw":
+        onehot = F.one_hot(labels, logits.shape[1]).bool()
+        own = logits[onehot]
+        other = logits.masked_fill(onehot, float("-inf")).amax(1)
+        margin = other - own if targeted else own - other
+        return margin.clamp(min=-kappa)
+    raise ValueError(f"unknown loss {kind!r}; accepted: {', '.join(LOSSES)}")
+
+
+def success(logits: Tensor, labels: Tensor, targeted: bool) -> Tensor:
+    """``(B,)`` bool: prediction equals the target (targeted) or differs from the label."""
+    pred = logits.argmax(1)
+    return pred == labels if targeted else pred != labels
+
+
+def per_sample_l2(a: Tensor, b: Tensor) -> Tensor:
+    """``(B,)`` Euclidean distance between image batches."""
+    return (a - b).flatten(1).norm(dim=1)

@@ -1,0 +1,103 @@
+"""Tiny random-weight diffusers / classifier models built from config, as diffusers' tests do."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from sdo_adv import Generator
+
+NUM_CLASSES = 4
+
+
+def tiny_unet(channels: int = 1, size: int = 8, num_class_embeds: int | None = NUM_CLASSES + 1):
+    from diffusers import UNet2DModel
+
+    return UNet2DModel(sample_size=size, in_channels=channels, out_channels=channels,
+                       block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
+                       down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                       up_block_types=("AttnUpBlock2D", "UpBlock2D"), attention_head_dim=8,
+                       num_class_embeds=num_class_embeds)
+
+
+def ddpm_scheduler(**kw):
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2",
+                         clip_sample=False, **kw)
+
+
+def pixel_generator(steps: int = 5, guidance_scale: float = 2.0, sampler: str = "ddim",
+                    dtype=torch.float32, **kw) -> Generator:
+    gen = Generator.from_diffusers(unet=tiny_unet(), scheduler=ddpm_scheduler(),
+                                   num_inference_steps=steps, guidance_scale=guidance_scale,
+                                   sampler=sampler, **kw)
+    return gen.to(dtype)
+
+
+def tiny_vae(channels: int = 3):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(in_channels=channels, out_channels=channels, latent_channels=4,
+                         block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
+                         down_block_types=("DownEncoderBlock2D",) * 2,
+                         up_block_types=("UpDecoderBlock2D",) * 2, sample_size=16)
+
+
+def tiny_cond_unet(cross_attention_dim: int = 16, num_class_embeds: int | None = None):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4,
+                                block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+                                cross_attention_dim=cross_attention_dim, attention_head_dim=4,
+                                num_class_embeds=num_class_embeds)
+
+
+def tiny_text_encoder(folder: Path, hidden: int = 16):
+    """A CLIP tokenizer (character vocabulary, written to ``folder``) and a tiny CLIP text model."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = "abcdefghijklmnopqrstuvwxyz0123456789"
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for ch in chars:
+        vocab[ch] = len(vocab)
+        vocab[ch + "</w>"] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tok = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=12)
+    enc = CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=hidden, intermediate_size=32,
+                                       num_attention_heads=2, num_hidden_layers=1,
+                                       max_position_embeddings=12, bos_token_id=0, eos_token_id=1,
+                                       pad_token_id=1))
+    return tok, enc
+
+
+def latent_text_generator(tmp: Path, steps: int = 4, guidance_scale: float = 2.0) -> Generator:
+    tok, enc = tiny_text_encoder(tmp / "tokenizer")
+    return Generator.from_diffusers(unet=tiny_cond_unet(), scheduler=ddpm_scheduler(), vae=tiny_vae(),
+                                    text_encoder=enc, tokenizer=tok, num_inference_steps=steps,
+                                    guidance_scale=guidance_scale, class_names=["cat", "dog", "car", "boat"])
+
+
+def latent_class_generator(steps: int = 4) -> Generator:
+    return Generator.from_diffusers(unet=tiny_cond_unet(num_class_embeds=NUM_CLASSES + 1),
+                                    scheduler=ddpm_scheduler(), vae=tiny_vae(),
+                                    num_inference_steps=steps, guidance_scale=2.0)
+
+
+class TinyClassifier(nn.Module):
+    """A smooth CNN for ``(B, C, size, size)`` inputs."""
+
+    def __init__(self, channels: int = 1, num_classes: int = NUM_CLASSES, size: int = 8):
+        super().__init__()
+        self.num_classes = num_classes
+        self.net = nn.Sequential(nn.Conv2d(channels, 8, 3, padding=1), nn.SiLU(), nn.Flatten(),
+                                 nn.Linear(8 * size * size, num_classes))
+
+    def forward(self, x):
+        return self.net(x)
