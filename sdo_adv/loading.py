@@ -147,12 +147,16 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def _timm_model_with_config(name: str, model: nn.Module, spec: str) -> ImageClassifier:
+def _timm_model_with_config(model: nn.Module, spec: str, in_chans: int) -> ImageClassifier:
+    """Wrap a timm model with its resolved data config, adapted to ``in_chans`` input channels."""
     import timm.data
 
     cfg = timm.data.resolve_data_config({}, model=model)
+    mean, std = list(cfg["mean"]), list(cfg["std"])
+    if len(mean) != in_chans:
+        mean, std = [sum(mean) / len(mean)] * in_chans, [sum(std) / len(std)] * in_chans
     extra = {k: cfg[k] for k in ("interpolation", "crop_pct") if k in cfg}
-    return ImageClassifier(model, cfg["input_size"], cfg["mean"], cfg["std"],
+    return ImageClassifier(model, (in_chans, *cfg["input_size"][1:]), mean, std,
                            getattr(model, "num_classes", None), name=spec, data_config=extra).eval()
 
 
@@ -164,7 +168,7 @@ def _timm_classifier(name: str, pretrained: bool, ckpt: str | None, kwargs: dict
     model = timm.create_model(name, pretrained=pretrained and ckpt is None, **kwargs)
     if ckpt is not None:
         model.load_state_dict(load_state_dict(ckpt))
-    return _timm_model_with_config(name, model, f"timm:{name}")
+    return _timm_model_with_config(model, f"timm:{name}", kwargs.get("in_chans", 3))
 
 
 def _embedded_classifier(name: str) -> ImageClassifier:

@@ -1,0 +1,233 @@
+"""SDOAttack on tiny random-weight models: torchattacks conformity, outputs, bad input."""
+import pytest
+import torch
+import torchattacks
+from torchattacks.attack import Attack
+from torch.utils.data import DataLoader, TensorDataset
+
+from sdo_adv import load_classifier
+from sdo_adv.attacks import SDOAttack
+from tiny import NUM_CLASSES, TinyClassifier, latent_class_generator, latent_text_generator, pixel_generator
+
+
+@pytest.fixture()
+def models():
+    torch.manual_seed(0)
+    model = load_classifier(TinyClassifier(), input_size=(1, 8, 8))
+    return model, pixel_generator(steps=4)
+
+
+def batch(n=4, channels=1, size=8):
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(n, channels, size, size, generator=g), torch.arange(n) % NUM_CLASSES
+
+
+def test_output_shape_range_dtype_and_record(models):
+    model, gen = models
+    images, labels = batch()
+    atk = SDOAttack(model, gen, steps=6, lr=0.2)
+    adv = atk(images, labels)
+    assert adv.shape == images.shape and adv.dtype == images.dtype and adv.device == images.device
+    assert adv.min() >= 0 and adv.max() <= 1
+    r = atk.last_result
+    assert len(r.history) == 7 and all(0 <= h <= 1 for h in r.history)
+    with torch.no_grad():
+        pred = model(adv).argmax(1)
+    assert torch.equal(r.adv_pred, pred)
+    assert torch.equal(r.success, pred != labels)
+    assert torch.allclose(r.l2, (adv - images).flatten(1).norm(dim=1), atol=1e-5)
+    assert ((r.iterations >= 0) == r.success).all()
+
+
+def test_attack_flips_predictions_and_beats_reconstruction(models):
+    model, gen = models
+    images, labels = batch(8)
+    with torch.no_grad():
+        labels = model(images).argmax(1)
+    atk = SDOAttack(model, gen, steps=30, lr=0.3, fidelity=0.0)
+    atk(images, labels)
+    r = atk.last_result
+    assert r.history[0] < 1.0
+    assert r.success.float().mean() > r.history[0]
+
+
+def test_float64_inputs_keep_dtype():
+    torch.manual_seed(0)
+    model = load_classifier(TinyClassifier().double(), input_size=(1, 8, 8))
+    gen = pixel_generator(steps=3, dtype=torch.float64)
+    images, labels = batch(2)
+    adv = SDOAttack(model, gen, steps=2)(images.double(), labels)
+    assert adv.dtype == torch.float64
+
+
+def test_other_input_resolution_is_resized_both_ways(models):
+    model, gen = models
+    images, labels = batch(2, size=12)
+    adv = SDOAttack(model, gen, steps=2)(images, labels)
+    assert adv.shape == images.shape
+
+
+@pytest.mark.parametrize("mode", ["function", "random", "least_likely", "label"])
+def test_targeted_modes(models, mode):
+    model, gen = models
+    images, labels = batch()
+    atk = SDOAttack(model, gen, steps=3)
+    if mode == "function":
+        atk.set_mode_targeted_by_function(lambda x, y: (y + 1) % NUM_CLASSES)
+        expected = (labels + 1) % NUM_CLASSES
+    elif mode == "random":
+        atk.set_mode_targeted_random()
+    elif mode == "least_likely":
+        atk.set_mode_targeted_least_likely()
+    else:
+        atk.set_mode_targeted_by_label()
+        expected = (labels + 2) % NUM_CLASSES
+    given = expected if mode == "label" else labels
+    atk(images, given)
+    r = atk.last_result
+    assert r.target is not None and r.target.shape == labels.shape
+    if mode in ("function", "label"):
+        assert torch.equal(r.target, expected)
+    if mode in ("random", "least_likely"):
+        assert (r.target != labels).all()
+    assert torch.equal(r.success, r.adv_pred == r.target)
+
+
+def test_multiattack_with_pgd(models):
+    model, gen = models
+    images, labels = batch()
+    multi = torchattacks.MultiAttack([SDOAttack(model, gen, steps=2), torchattacks.PGD(model, steps=2)])
+    adv = multi(images, labels)
+    assert adv.shape == images.shape and 0 <= adv.min() and adv.max() <= 1
+
+
+def test_save_and_load(models, tmp_path):
+    model, gen = models
+    images, labels = batch()
+    loader = DataLoader(TensorDataset(images, labels), batch_size=2)
+    atk = SDOAttack(model, gen, steps=2)
+    atk.save(loader, save_path=str(tmp_path / "adv.pt"), verbose=False)
+    loaded = Attack.load(str(tmp_path / "adv.pt"), batch_size=4)
+    adv, lab = next(iter(loaded))
+    assert adv.shape == images.shape and torch.equal(lab, labels)
+
+
+def test_normalization_used(models):
+    _, gen = models
+    raw = TinyClassifier()
+    mean, std = [0.5], [0.25]
+    atk = SDOAttack(raw, gen, steps=2)
+    atk.set_normalization_used(mean=mean, std=std)
+    images, labels = batch()
+    normalized = (images - 0.5) / 0.25
+    adv = atk(normalized, labels)
+    back = adv * 0.25 + 0.5
+    assert adv.shape == images.shape and back.min() >= -1e-6 and back.max() <= 1 + 1e-6
+    with torch.no_grad():
+        assert torch.equal(atk.last_result.adv_pred, raw(adv).argmax(1))
+
+
+def test_model_training_mode_is_restored(models):
+    model, gen = models
+    model.train()
+    atk = SDOAttack(model, gen, steps=1)
+    atk(*batch(2))
+    assert model.training
+
+
+def test_early_stop_off_keeps_best_success(models):
+    model, gen = models
+    images, labels = batch(4)
+    atk = SDOAttack(model, gen, steps=5, lr=0.3, early_stop=False)
+    atk(images, labels)
+    assert len(atk.last_result.history) == 6
+
+
+@pytest.mark.parametrize("optimize", ["cond", "both"])
+def test_conditioning_optimization(models, optimize):
+    model, gen = models
+    images, labels = batch(2)
+    adv = SDOAttack(model, gen, steps=2, optimize=optimize)(images, labels)
+    assert adv.shape == images.shape
+
+
+def test_skip_refuses_conditioning_optimization(models):
+    model, gen = models
+    with pytest.raises(ValueError, match="no gradient"):
+        SDOAttack(model, gen, gradient="skip", optimize="cond")
+
+
+class NoSampling:
+    """Make any network call of the generator fail, to prove validation comes first."""
+
+    def __init__(self, gen):
+        gen.unet.register_forward_pre_hook(self._fail)
+
+    @staticmethod
+    def _fail(*_):
+        raise AssertionError("the generator ran before the input was validated")
+
+
+@pytest.mark.parametrize("images,labels,match", [
+    (torch.rand(2, 1, 8, 8) * 2, torch.tensor([0, 1]), r"\[0, 1\]"),
+    (-torch.rand(2, 1, 8, 8), torch.tensor([0, 1]), r"\[0, 1\]"),
+    (torch.rand(1, 8, 8), torch.tensor([0]), "shape"),
+    (torch.rand(2, 2, 8, 8), torch.tensor([0, 1]), "channels"),
+    (torch.rand(2, 1, 8, 8), torch.tensor([0, 1, 2]), "labels must have shape"),
+    (torch.rand(2, 1, 8, 8), torch.tensor([0, 9]), "class indices"),
+    (torch.rand(2, 1, 8, 8), torch.tensor([0.0, 1.0]), "integer"),
+    (torch.full((2, 1, 8, 8), float("nan")), torch.tensor([0, 1]), "NaN"),
+    (torch.rand(0, 1, 8, 8), torch.tensor([], dtype=torch.long), "empty"),
+    ((torch.rand(2, 1, 8, 8) * 255).to(torch.uint8), torch.tensor([0, 1]), "floating-point"),
+])
+def test_bad_inputs_fail_before_sampling(models, images, labels, match):
+    model, gen = models
+    NoSampling(gen)
+    with pytest.raises((ValueError, TypeError), match=match):
+        SDOAttack(model, gen, steps=2)(images, labels)
+
+
+def test_label_outside_generator_classes(models):
+    _, gen = models
+    model = load_classifier(TinyClassifier(num_classes=10), input_size=(1, 8, 8))
+    NoSampling(gen)
+    with pytest.raises(ValueError, match="generator is conditioned on 4 classes"):
+        SDOAttack(model, gen, steps=2)(torch.rand(2, 1, 8, 8), torch.tensor([0, 7]))
+
+
+@pytest.mark.parametrize("kwargs,match", [({"gradient": "bptt"}, "unknown gradient estimator"),
+                                          ({"loss": "hinge"}, "unknown loss"),
+                                          ({"depth": 1.5}, "depth"), ({"depth": 99}, "outside"),
+                                          ({"optimize": "weights"}, "unknown optimize")])
+def test_bad_arguments(models, kwargs, match):
+    model, gen = models
+    with pytest.raises(ValueError, match=match):
+        SDOAttack(model, gen, **kwargs)
+
+
+def test_latent_text_pipeline_end_to_end(tmp_path):
+    torch.manual_seed(0)
+    gen = latent_text_generator(tmp_path)
+    model = load_classifier(TinyClassifier(channels=3, size=16), input_size=(3, 16, 16))
+    images, labels = batch(2, channels=3, size=16)
+    atk = SDOAttack(model, gen, steps=2, optimize="both")
+    adv = atk(images, labels)
+    assert adv.shape == images.shape and atk.last_result.reconstruction_error.shape == (2,)
+
+
+def test_latent_class_pipeline_end_to_end():
+    torch.manual_seed(0)
+    gen = latent_class_generator()
+    model = load_classifier(TinyClassifier(channels=3, size=16), input_size=(3, 16, 16))
+    images, labels = batch(2, channels=3, size=16)
+    adv = SDOAttack(model, gen, steps=2, gradient="sdo:random")(images, labels)
+    assert adv.shape == images.shape
+
+
+def test_grayscale_generator_with_rgb_images_converts_explicitly(models):
+    _, gen = models
+    model = load_classifier(TinyClassifier(channels=3), input_size=(3, 8, 8))
+    images, labels = batch(2, channels=3)
+    with pytest.warns(UserWarning, match="converting explicitly"):
+        adv = SDOAttack(model, gen, steps=1)(images, labels)
+    assert adv.shape == images.shape
