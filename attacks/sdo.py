@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 from torchattacks.attack import Attack
+from tqdm.auto import tqdm
 
 from sdo_adv.estimators import parse_estimator
 from sdo_adv.generator import Condition, Generator
@@ -71,6 +72,8 @@ class SDOAttack(Attack):
         prompts (callable or list of str or None): prompts for text-conditional generators,
             a list or a function of the labels; None builds them from the generator's
             ``class_names``. (Default: None)
+        progress (bool): show a progress bar over iterations with the running success
+            rate. (Default: False)
 
     Shape:
         - images: :math:`(N, C, H, W)` in [0, 1], C in {1, 3}. - labels: :math:`(N)` int.
@@ -90,7 +93,8 @@ class SDOAttack(Attack):
                  loss: str = "cw", kappa: float = 0.0, fidelity: float = 50.0,
                  latent_bound: float | None = 1.0, optimize: str = "latent",
                  early_stop: bool = True,
-                 prompts: Callable[[Tensor], Sequence[str]] | Sequence[str] | None = None) -> None:
+                 prompts: Callable[[Tensor], Sequence[str]] | Sequence[str] | None = None,
+                 progress: bool = False) -> None:
         super().__init__("SDOAttack", model)
         self.generator = load_generator(generator)
         self.estimator = parse_estimator(gradient)
@@ -106,7 +110,7 @@ class SDOAttack(Attack):
         self.steps, self.lr, self.gradient, self.depth = int(steps), float(lr), gradient, depth
         self.loss, self.kappa, self.fidelity = loss, float(kappa), float(fidelity)
         self.latent_bound, self.optimize, self.early_stop = latent_bound, optimize, bool(early_stop)
-        self.prompts = prompts
+        self.prompts, self.progress = prompts, bool(progress)
         self.supported_mode = ["default", "targeted"]
         self.last_result: AttackResult | None = None
 
@@ -165,12 +169,13 @@ class SDOAttack(Attack):
         best_l2 = torch.full((n,), float("inf"), device=gen.device, dtype=work)
         found_at = torch.full((n,), -1, dtype=torch.long, device=gen.device)
         done = torch.zeros(n, dtype=torch.bool, device=gen.device)
-        history = []
+        history: list[float] = []
+        bar = tqdm(total=self.steps + 1, desc="SDOAttack", unit="it", disable=not self.progress)
         for it in range(self.steps + 1):
             active = (~done).nonzero().squeeze(1) if self.early_stop else torch.arange(n, device=gen.device)
             if active.numel() == 0:
-                history.append(1.0)
-                continue
+                history.extend([1.0] * (self.steps + 1 - it))
+                break
             with torch.set_grad_enabled(it < self.steps):
                 adv, logits = self._generate(z0, delta, cond, cond_delta, active, start, (c, h, w))
                 ok = success(logits, goal[active], self.targeted)
@@ -182,6 +187,8 @@ class SDOAttack(Attack):
                 found_at[active[improved]] = it
                 done[active[ok]] = True
                 history.append(done.float().mean().item())
+                bar.set_postfix(success=f"{history[-1]:.0%}")
+                bar.update()
                 if it == self.steps:
                     break
                 mse = (adv - images[active]).flatten(1).pow(2).mean(1)
@@ -194,7 +201,7 @@ class SDOAttack(Attack):
                     objective.sum().backward()
                     opt.step()
                     self._project(delta, cond_delta)
-
+        bar.close()
         out = best.to(device=in_device, dtype=in_dtype)
         with torch.no_grad():
             adv_logits = self.get_logits(out.to(device=gen.device, dtype=work))
