@@ -21,6 +21,9 @@ setup(
         "safetensors>=0.4",
         "tqdm",
         "pyyaml",
+        "matplotlib",
+        "scipy",
+        "accelerate",
         # diffusers and timm both reach the Hugging Face hub; timm 1.0.9 (pinned by
         # robustbench 1.1.1) breaks on huggingface_hub >= 1.0, so the hub stays below 1.0.
         "diffusers>=0.32,<0.40",
@@ -36,9 +39,8 @@ setup(
         "requests~=2.25.1",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-xdist", "hypothesis", "transformers>=4.40,<5"],
+        "test": ["pytest>=7", "pytest-xdist", "hypothesis", "transformers>=4.40,<5", "scikit-image"],
         "train": ["mlxtend>=0.23"],
-        "plots": ["matplotlib"],
     },
     entry_points={"console_scripts": ["sdo-adv=sdo_adv.cli.main:main"]},
 )

@@ -10,5 +10,44 @@ def main() -> None:
     """Natural adversarial images from diffusion models with shortcut (SDO) gradients."""
 
 
+@main.command()
+@click.option("--out", default="demo", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for grid.png and report.json.")
+@click.option("--n", "n_images", default=16, show_default=True, type=click.IntRange(1, 200),
+              help="Number of held-out digits to attack.")
+@click.option("--steps", default=None, type=click.IntRange(1), help="Attack iterations (default: SDOAttack's).")
+@click.option("--seed", default=0, show_default=True, type=int)
+def demo(out: str, n_images: int, steps: int | None, seed: int) -> None:
+    """Attack held-out digits with the embedded models, offline; write a grid and a report."""
+    from sdo_adv.demo import run_demo
+
+    report = run_demo(out, n=n_images, seed=seed, **({"steps": steps} if steps else {}))
+    fmt = lambda v, f: "n/a" if v is None else format(v, f)  # noqa: E731
+    click.echo(f"success {report['success_rate']:.0%} of {report['n_images']} digits "
+               f"(clean accuracy {report['clean_accuracy']:.0%}) | mean L2 {fmt(report['mean_l2'], '.2f')} "
+               f"| mean SSIM {fmt(report['mean_ssim'], '.3f')} | robust classifier keeps the label "
+               f"{fmt(report['robust_keeps_label'], '.0%')} | {report['seconds_per_image']:.2f} s/image")
+    click.echo(f"wrote {out}/grid.png and {out}/report.json")
+
+
+@main.command()
+def models() -> None:
+    """List the embedded models and the accepted spec forms."""
+    from sdo_adv.loading import CLASSIFIER_FORMS, GENERATOR_FORMS, embedded_models
+
+    for name, entry in embedded_models().items():
+        cfg = entry["config"]
+        if entry["kind"] == "generator":
+            click.echo(f"sdo-adv:{name}  generator  {cfg.get('resolution', '?')}x{cfg.get('resolution', '?')} "
+                       f"classes {cfg.get('num_classes', '?')}  {cfg.get('summary', '')}")
+        else:
+            pc, m = cfg["pretrained_cfg"], cfg.get("metrics", {})
+            figures = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items())
+            click.echo(f"sdo-adv:{name}  classifier  {cfg['architecture']}  input {pc['input_size']}  "
+                       f"classes {pc['num_classes']}  {figures}")
+    click.echo("generator specs: " + "; ".join(GENERATOR_FORMS))
+    click.echo("classifier specs: " + "; ".join(CLASSIFIER_FORMS))
+
+
 if __name__ == "__main__":
     main()
