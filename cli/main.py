@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import click
 
+from sdo_adv.cli.attack import attack
+from sdo_adv.cli.evaluate import evaluate
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="sdo-adv")
@@ -48,6 +51,9 @@ def models() -> None:
     click.echo("generator specs: " + "; ".join(GENERATOR_FORMS))
     click.echo("classifier specs: " + "; ".join(CLASSIFIER_FORMS))
 
+
+main.add_command(attack)
+main.add_command(evaluate)
 
 if __name__ == "__main__":
     main()

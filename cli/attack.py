@@ -1,0 +1,106 @@
+"""``sdo-adv attack``: attack a dataset into a resumable output folder."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+from click.core import ParameterSource
+
+from .common import click_error
+
+REQUIRED = ("classifier", "generator", "input", "out")
+TARGET_MODES = ("random", "least-likely", "next")
+
+
+def _read_config(path: str) -> dict[str, Any]:
+    """A YAML (``.yaml``/``.yml``) or TOML (``.toml``) file of option values."""
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        if Path(path).suffix.lower() == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+    except Exception as err:  # tomllib.TOMLDecodeError, yaml.YAMLError
+        raise click.BadParameter(f"cannot parse {path}: {err}", param_hint="'--config'") from err
+    if not isinstance(data, dict):
+        raise click.BadParameter(f"{path} must hold a mapping of option names to values", param_hint="'--config'")
+    return data
+
+
+def resolve_options(ctx: click.Context, values: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``--config`` into the options (explicit command-line options win), check required
+    options, ``--targeted`` and ``--device``; return every option's final value."""
+    by_flag = {p.opts[0].lstrip("-"): p for p in ctx.command.params if isinstance(p, click.Option)}
+    if values["config"]:
+        data = _read_config(values["config"])
+        keys = {str(k): str(k).replace("_", "-") for k in data}
+        unknown = [k for k, flag in keys.items() if flag not in by_flag or flag == "config"]
+        if unknown:
+            accepted = ", ".join(sorted(f for f in by_flag if f not in ("config", "help")))
+            raise click.BadParameter(f"unknown key(s) {', '.join(unknown)} in {values['config']}; "
+                                     f"accepted: {accepted}", param_hint="'--config'")
+        for key, flag in keys.items():
+            param = by_flag[flag]
+            explicit = ctx.get_parameter_source(param.name) in (ParameterSource.COMMANDLINE,
+                                                                ParameterSource.ENVIRONMENT)
+            if not explicit:
+                values[param.name] = param.type_cast_value(ctx, data[key])
+    missing = [f"--{name}" for name in REQUIRED if values[name] is None]
+    if missing:
+        raise click.UsageError(f"missing option(s) {', '.join(missing)} "
+                               "(give them on the command line or in --config)")
+    targeted = values["targeted"]
+    if targeted is not None and targeted not in TARGET_MODES and not Path(targeted).is_file():
+        raise click.BadParameter(f"{targeted!r} is neither {', '.join(TARGET_MODES)} nor an existing "
+                                 "CSV file with columns file,target", param_hint="'--targeted'")
+    import torch
+
+    if values["device"] == "cuda" and not torch.cuda.is_available():
+        raise click.BadParameter("CUDA is not available on this machine", param_hint="'--device'")
+    values["device"] = values["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
+    return {p.name: values[p.name] for p in ctx.command.params}
+
+
+@click.command()
+@click.option("--classifier", help="Classifier to attack: a spec as listed by `sdo-adv models`.  [required]")
+@click.option("--generator", help="Diffusion model: sdo-adv:<name>, a diffusers folder or a hub id.  [required]")
+@click.option("--input", "input", type=click.Path(exists=True),
+              help="ImageFolder tree, flat folder (with --labels) or .npz with images and labels.  [required]")
+@click.option("--out", type=click.Path(file_okay=False),
+              help="Output folder; re-running with the same folder resumes.  [required]")
+@click.option("--labels", type=click.Path(exists=True, dir_okay=False), help="CSV with columns file,label.")
+@click.option("--targeted", help="random, least-likely, next (label + 1), or a CSV with columns file,target.")
+@click.option("--gradient", default="sdo", show_default=True, help="Gradient estimator (sdo, sdo:last, full, ...).")
+@click.option("--steps", default=50, show_default=True, type=click.IntRange(1), help="Attack iterations.")
+@click.option("--lr", default=0.05, show_default=True, type=click.FloatRange(0, min_open=True),
+              help="Adam learning rate on the latent.")
+@click.option("--depth", default=0.5, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+              help="Inversion depth, a fraction of the sampling schedule.")
+@click.option("--num-inference-steps", type=click.IntRange(1), help="Sampling steps  [default: the generator's].")
+@click.option("--guidance-scale", type=float, help="Classifier-free guidance  [default: the generator's].")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
+@click.option("--seed", default=0, show_default=True, type=int, help="Per-image seeds derive from it and the image.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), help="[default: cuda when available]")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False),
+              help="YAML or TOML file of option values (keys as the option names); command-line options win.")
+@click.pass_context
+def attack(ctx: click.Context, **values: Any) -> None:
+    """Attack a dataset with SDOAttack: adversarial PNGs, manifest.jsonl, report.md, grid.png, run.json."""
+    from sdo_adv.runs import AttackRun, RunError
+
+    options = resolve_options(ctx, values)
+    try:
+        run = AttackRun(options, notice=lambda message: click.echo(message, err=True))
+    except RunError as err:
+        raise click_error(err) from err
+    s = run.execute()
+    fmt = lambda v, f: "n/a" if v is None else format(v, f)  # noqa: E731
+    click.echo(f"success {fmt(s['success_rate'], '.0%')} of {s['n']} images | mean L2 {fmt(s['mean_l2'], '.3f')} "
+               f"| mean SSIM {fmt(s['mean_ssim'], '.3f')} | {fmt(s['seconds_per_image'], '.2f')} s/image "
+               f"| skipped {len(s['skipped'])}")
+    click.echo(f"wrote {run.out}: manifest.jsonl, report.md, grid.png, run.json and the PNGs")

@@ -1,0 +1,34 @@
+"""``sdo-adv evaluate``: transfer of an attack folder's adversarial images to other classifiers."""
+from __future__ import annotations
+
+import click
+
+from .common import click_error
+
+
+@click.command()
+@click.option("--adv", "adv_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Output folder of `sdo-adv attack`.")
+@click.option("--models", required=True, help="Comma-separated classifier specs (see `sdo-adv models`).")
+@click.option("--robustbench-dir", default="./models", show_default=True, type=click.Path(file_okay=False),
+              help="Where robustbench checkpoints are looked up.")
+@click.option("--out", type=click.Path(file_okay=False), help="Output folder  [default: the --adv folder].")
+def evaluate(adv_dir: str, models: str, robustbench_dir: str, out: str | None) -> None:
+    """Clean and adversarial accuracy, transfer success and fidelity: evaluation.json/.md/.png."""
+    from sdo_adv.evaluation import evaluate_run
+    from sdo_adv.runs import RunError
+
+    specs = [s.strip() for s in models.split(",") if s.strip()]
+    if not specs:
+        raise click.BadParameter("give at least one classifier spec", param_hint="'--models'")
+    try:
+        result = evaluate_run(adv_dir, specs, robustbench_dir, out, notice=lambda m: click.echo(m, err=True))
+    except RunError as err:
+        raise click_error(err) from err
+    for r in result["models"]:
+        if r["skipped"] is not None:
+            click.echo(f"{r['name']}: skipped ({r['skipped']})")
+        else:
+            click.echo(f"{r['name']}: clean {r['clean_acc']}% | adversarial {r['adv_acc']}% | "
+                       f"transfer {r['transfer_success']}% of successes, {r['transfer_success_all']}% of all")
+    click.echo(f"wrote evaluation.json, evaluation.md and evaluation.png to {out or adv_dir}")

@@ -1,0 +1,301 @@
+"""`sdo-adv attack` and `sdo-adv evaluate` on tiny random-weight models and 8x8 inputs, offline."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from sdo_adv import Generator, ImageClassifier, runs
+from sdo_adv.cli.main import main
+from tiny import NUM_CLASSES, ddpm_scheduler, tiny_unet
+
+NET = '''
+import torch
+from torch import nn
+from sdo_adv import ImageClassifier
+
+
+def _build(seed):
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.SiLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 4))
+    return ImageClassifier(net, (1, 8, 8), (0.5,), (0.5,), 4)
+
+
+def create_model():
+    return _build(0)
+
+
+def create_other():
+    return _build(1)
+'''
+MANIFEST_FIELDS = {"source", "file", "label", "target", "pred_before", "pred_after", "success", "l2", "linf",
+                   "ssim", "psnr", "iterations", "reconstruction_error", "seconds"}
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    """A tiny class-conditional DDPM folder (3 sampling steps), a classifier factory file and an
+    ImageFolder of 8 grayscale 8x8 PNGs, two per class."""
+    root = tmp_path_factory.mktemp("assets")
+    from diffusers import DDPMPipeline
+
+    torch.manual_seed(0)
+    DDPMPipeline(unet=tiny_unet(), scheduler=ddpm_scheduler()).save_pretrained(root / "ddpm")
+    (root / "ddpm" / "sdo_adv.json").write_text(json.dumps({"num_inference_steps": 3}))
+    (root / "net.py").write_text(NET)
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        folder = root / "digits" / str(i % NUM_CLASSES)
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(folder / f"img {i}.png")
+    return root
+
+
+def attack_args(assets, out, *extra, input=None):
+    return ["attack", "--classifier", f"{assets / 'net.py'}:create_model", "--generator", str(assets / "ddpm"),
+            "--input", str(input or assets / "digits"), "--out", str(out), "--steps", "1", "--seed", "0",
+            "--device", "cpu", *extra]
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, list(args))
+
+
+def manifest(out):
+    return [json.loads(line) for line in (Path(out) / "manifest.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def attacked(assets, tmp_path_factory):
+    """One finished attack run over the ImageFolder, batches of 3."""
+    out = tmp_path_factory.mktemp("run") / "out"
+    result = invoke(*attack_args(assets, out, "--batch-size", "3", "--num-inference-steps", "2"))
+    assert result.exit_code == 0, result.output
+    return out, result
+
+
+@pytest.fixture()
+def no_compute(monkeypatch):
+    """Make any classifier forward or generator inversion fail, to prove checks come first."""
+    def fail(*_, **__):
+        raise AssertionError("model compute happened before the input was checked")
+
+    monkeypatch.setattr(ImageClassifier, "forward", fail)
+    monkeypatch.setattr(Generator, "invert", fail)
+
+
+def test_outputs_and_manifest(assets, attacked):
+    out, result = attacked
+    rows = manifest(out)
+    assert [r["source"] for r in rows] == [f"{c}/img {i}.png" for c in range(4) for i in (c, c + 4)]
+    assert all(set(r) == MANIFEST_FIELDS for r in rows)
+    assert {r["file"] for r in rows} == {f"{c}__img_{i}.png" for c in range(4) for i in (c, c + 4)}
+    assert all(r["label"] == int(r["source"][0]) and r["target"] is None for r in rows)
+    for name in ("report.md", "grid.png", "run.json"):
+        assert (out / name).is_file()
+    report = (out / "report.md").read_text()
+    assert "| 8 |" in report and "success rate" in report and "## Skipped files (0)" in report
+    run = json.loads((out / "run.json").read_text())
+    assert run["config"]["steps"] == 1 and run["config"]["num_inference_steps"] == 2
+    assert run["config"]["lr"] == 0.05 and run["config"]["guidance_scale"] == 1.0 and run["config"]["depth"] == 0.5
+    assert set(run["config"]) >= {"classifier", "generator", "input", "out", "labels", "targeted", "gradient",
+                                  "batch_size", "seed", "device", "config"}
+    assert set(run["versions"]) == {"python", "torch", "diffusers", "timm", "torchattacks", "robustbench", "sdo-adv"}
+    assert "success" in result.output and "of 8 images" in result.output
+
+    # predictions, success and fidelity are those of the PNG as saved
+    from sdo_adv import load_classifier
+
+    model = load_classifier(f"{assets / 'net.py'}:create_model")
+    for r in rows:
+        adv = torch.from_numpy(np.asarray(Image.open(out / r["file"]))).float().div(255)[None, None]
+        orig = torch.from_numpy(np.asarray(Image.open(assets / "digits" / r["source"]))).float().div(255)[None, None]
+        with torch.no_grad():
+            pred = int(model(adv).argmax(1))
+        assert pred == r["pred_after"] and r["success"] == (pred != r["label"])
+        assert r["l2"] == pytest.approx(float((adv - orig).norm()), abs=1e-5)
+
+
+def test_resume_after_interruption(assets, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    save, calls = runs.save_png, []
+
+    def failing_save(image, path):
+        calls.append(path)
+        if len(calls) == 4:
+            raise RuntimeError("killed")
+        save(image, path)
+
+    monkeypatch.setattr(runs, "save_png", failing_save)
+    result = invoke(*attack_args(assets, out, "--batch-size", "3"))
+    assert isinstance(result.exception, RuntimeError)
+    assert len(manifest(out)) == 3
+    with (out / "manifest.jsonl").open("a") as f:
+        f.write('{"source": "3/img 7.png", "file": "3__im')  # torn last line
+    monkeypatch.setattr(runs, "save_png", save)
+    result = invoke(*attack_args(assets, out, "--batch-size", "2"))
+    assert result.exit_code == 0, result.output
+    assert "resuming: 3 of 8" in result.output
+    sources = [r["source"] for r in manifest(out)]
+    assert len(sources) == 8 and len(set(sources)) == 8
+    assert len(list(out.glob("*__img_*.png"))) == 8 and not list(out.glob(".*.tmp"))
+    assert "| 8 |" in (out / "report.md").read_text()
+
+
+def test_settings_change_refuses_resume(assets, attacked, no_compute):
+    out, _ = attacked
+    result = invoke(*attack_args(assets, out, "--lr", "0.5"))
+    assert result.exit_code != 0 and "other settings" in result.output and "lr: 0.05 -> 0.5" in result.output
+
+
+def test_random_targets_do_not_depend_on_batching(assets, tmp_path):
+    """Also with sdo:random, which runs one image at a time for the same reason."""
+    targets = []
+    for bs, gradient in (("1", "sdo"), ("4", "sdo:random")):
+        result = invoke(*attack_args(assets, tmp_path / bs, "--targeted", "random", "--batch-size", bs,
+                                     "--num-inference-steps", "1", "--gradient", gradient))
+        assert result.exit_code == 0, result.output
+        rows = manifest(tmp_path / bs)
+        assert all(r["target"] != r["label"] and r["success"] == (r["pred_after"] == r["target"]) for r in rows)
+        targets.append({r["source"]: r["target"] for r in rows})
+    assert targets[0] == targets[1]
+    assert "attacking one image at a time" in result.output
+    assert json.loads((tmp_path / "4" / "run.json").read_text())["config"]["batch_size"] == 1
+
+
+def test_targets_csv_next_and_npz_input(assets, tmp_path):
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "set.npz", images=rng.integers(0, 256, (3, 3, 16, 16), dtype=np.uint8),
+             labels=np.array([0, 1, 3]))
+    (tmp_path / "targets.csv").write_text("file,target\nset.npz#0,2\nset.npz#1,2\nset.npz#2,0\n")
+    result = invoke(*attack_args(assets, tmp_path / "csv", "--targeted", str(tmp_path / "targets.csv"),
+                                 input=tmp_path / "set.npz"))
+    assert result.exit_code == 0, result.output
+    assert "the data is RGB and the generator grayscale: the attack converts explicitly" in result.output
+    assert "3 of 3 images are not the generator's 8x8" in result.output
+    rows = manifest(tmp_path / "csv")
+    assert [r["target"] for r in rows] == [2, 2, 0]
+    assert [r["file"] for r in rows] == ["set_0.png", "set_1.png", "set_2.png"]
+    assert Image.open(tmp_path / "csv" / "set_0.png").size == (8, 8)
+    assert Image.open(tmp_path / "csv" / "set_0.png").mode == "RGB"
+
+    result = invoke(*attack_args(assets, tmp_path / "next", "--targeted", "next", input=tmp_path / "set.npz"))
+    assert result.exit_code == 0, result.output
+    assert [r["target"] for r in manifest(tmp_path / "next")] == [1, 2, 0]
+
+
+def test_flat_folder_with_labels_and_corrupt_files(assets, tmp_path):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for name in ("a.png", "b.png"):
+        Image.fromarray(np.full((8, 8), 100, dtype=np.uint8)).save(flat / name)
+    (flat / "broken.png").write_bytes(b"not an image")
+    (flat / "cut.png").write_bytes((flat / "a.png").read_bytes()[:40])
+    (tmp_path / "labels.csv").write_text("file,label\na.png,1\nbroken.png,2\nb.png,0\ncut.png,3\nabsent.png,1\n")
+    result = invoke(*attack_args(assets, tmp_path / "out", "--labels", str(tmp_path / "labels.csv"), input=flat))
+    assert result.exit_code == 0, result.output
+    assert "skipped 3 unreadable file(s): broken.png, cut.png, absent.png" in result.output
+    assert [(r["source"], r["label"]) for r in manifest(tmp_path / "out")] == [("a.png", 1), ("b.png", 0)]
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## Skipped files (3)" in report and "`absent.png`: file not found" in report
+    assert "`broken.png`: unreadable" in report and "`cut.png`: unreadable" in report
+
+
+def bad_inputs(assets, tmp):
+    """(extra args, input, expected message) for inputs that must fail before any compute."""
+    flat = tmp / "flat"
+    flat.mkdir()
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(flat / "a.png")
+    (tmp / "no_label_col.csv").write_text("file,class\na.png,1\n")
+    (tmp / "word.csv").write_text("file,label\na.png,cat\n")
+    (tmp / "big.csv").write_text("file,label\na.png,7\n")
+    (tmp / "targets.csv").write_text("file,target\n0/img 0.png,1\n")
+    return [
+        (["--labels", str(tmp / "absent.csv")], flat, "does not exist"),
+        (["--labels", str(tmp / "no_label_col.csv")], flat, "expected columns file,label, found file,class"),
+        (["--labels", str(tmp / "word.csv")], flat, "label 'cat' of 'a.png' is not a class index"),
+        (["--labels", str(tmp / "big.csv")], flat, "label 7 of a.png is outside the classifier's 4 classes"),
+        ([], flat, "has no class subfolders"),
+        (["--classifier", "keras:resnet"], None, "unknown classifier spec 'keras:resnet'; accepted forms"),
+        (["--generator", "no/such/thing"], None, "unknown generator spec"),
+        (["--gradient", "bptt"], None, "unknown gradient estimator"),
+        (["--targeted", "sideways"], None, "neither random, least-likely, next nor an existing CSV"),
+        (["--targeted", str(tmp / "targets.csv")], None, "the targets CSV has no row for 7 item(s)"),
+    ]
+
+
+def test_bad_inputs_fail_before_compute(assets, tmp_path, no_compute):
+    for i, (extra, input, message) in enumerate(bad_inputs(assets, tmp_path)):
+        out = tmp_path / f"out{i}"
+        result = invoke(*attack_args(assets, out, *extra, input=input))
+        assert result.exit_code == 2, (message, result.output, result.exception)
+        assert message in " ".join(result.output.split()), (message, result.output)
+        assert not (out / "manifest.jsonl").exists()
+
+
+@pytest.mark.parametrize("suffix", ["yaml", "toml"])
+def test_config_file(assets, tmp_path, suffix):
+    cfg = tmp_path / f"run.{suffix}"
+    values = {"classifier": f"{assets / 'net.py'}:create_model", "generator": str(assets / "ddpm"),
+              "input": str(assets / "digits"), "batch-size": 8, "steps": 1, "seed": 3, "num_inference_steps": 1}
+    if suffix == "yaml":
+        import yaml
+
+        cfg.write_text(yaml.safe_dump(values))
+    else:
+        cfg.write_text("".join(f'"{k}" = {json.dumps(v)}\n' for k, v in values.items()))
+    result = invoke("attack", "--config", str(cfg), "--out", str(tmp_path / "out"), "--seed", "5")
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "out" / "run.json").read_text())["config"]
+    assert config["seed"] == 5 and config["batch_size"] == 8 and config["num_inference_steps"] == 1
+    assert config["config"] == str(cfg) and len(manifest(tmp_path / "out")) == 8
+
+
+def test_config_file_errors(assets, tmp_path, no_compute):
+    (tmp_path / "bad.yaml").write_text("classifier: x\nstepz: 3\n")
+    result = invoke("attack", "--config", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "out"))
+    assert result.exit_code == 2 and "unknown key(s) stepz" in result.output and "accepted:" in result.output
+    (tmp_path / "bad.toml").write_text("steps = 'many'\n")
+    result = invoke("attack", "--config", str(tmp_path / "bad.toml"), "--out", str(tmp_path / "out"))
+    assert result.exit_code == 2 and "'many' is not a valid integer" in result.output
+    (tmp_path / "part.toml").write_text("steps = 2\n")
+    result = invoke("attack", "--config", str(tmp_path / "part.toml"), "--out", str(tmp_path / "out"))
+    assert result.exit_code == 2 and "missing option(s) --classifier, --generator, --input" in result.output
+
+
+def test_evaluate(assets, attacked, tmp_path):
+    out, _ = attacked
+    net = assets / "net.py"
+    specs = f"{net}:create_model,{net}:create_other,robustbench:cifar10/Linf/Standard"
+    result = invoke("evaluate", "--adv", str(out), "--models", specs, "--robustbench-dir", str(tmp_path / "rb"),
+                    "--out", str(tmp_path / "eval"))
+    assert result.exit_code == 0, result.output
+    ev = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    records = {r["name"]: r for r in ev["models"]}
+    assert len(records) == 3 and ev["n_eval"] == 8
+    rows = manifest(out)
+    own = records[f"{net}:create_model"]
+    assert own["threat_model"] == "natural-diffusion" and own["skipped"] is None and own["n_eval"] == 8
+    assert own["clean_acc"] == pytest.approx(100 * np.mean([r["pred_before"] == r["label"] for r in rows]), abs=0.01)
+    assert own["adv_acc"] == pytest.approx(100 * np.mean([r["pred_after"] == r["label"] for r in rows]), abs=0.01)
+    if any(r["success"] for r in rows):
+        assert own["transfer_success"] == 100.0
+    assert records[f"{net}:create_other"]["skipped"] is None
+    rb = records["robustbench:cifar10/Linf/Standard"]
+    assert rb["skipped"].startswith("weights not found") and rb["clean_acc"] is None
+    assert ev["fidelity"]["mean_l2"] == pytest.approx(np.mean([r["l2"] for r in rows]), abs=1e-5)
+    assert "weights not present locally" in ev["lpips"]["skipped"] and "skipped" in ev["fid"]
+    table = (tmp_path / "eval" / "evaluation.md").read_text()
+    assert "| `robustbench:cifar10/Linf/Standard` | skipped: weights not found" in table
+    assert (tmp_path / "eval" / "evaluation.png").is_file()
+    assert "robustbench:cifar10/Linf/Standard: skipped" in result.output
+
+
+def test_evaluate_unknown_spec_fails_at_once(attacked, no_compute):
+    out, _ = attacked
+    result = invoke("evaluate", "--adv", str(out), "--models", "keras:resnet")
+    assert result.exit_code == 2 and "accepted forms: sdo-adv:<embedded name>, timm:<name>" in result.output
+    assert not (out / "evaluation.json").exists()
