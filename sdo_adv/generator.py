@@ -200,9 +200,11 @@ class Generator(nn.Module):
 
     # ---- the denoiser ---------------------------------------------------------------------
     def denoise(self, x: Tensor, t: Tensor, cond: Condition | None) -> Tensor:
-        """Model output at ``x`` and timestep ``t``, with classifier-free guidance when enabled."""
+        """Model output at ``x`` and timestep ``t`` (a scalar, or one per sample), with
+        classifier-free guidance when enabled."""
         if cond is not None and cond.null is not None and self.guidance_scale != 1.0:
             null = cond.null.expand_as(cond.embeds).to(cond.embeds.dtype)
+            t = torch.cat([t, t]) if t.dim() else t
             out_c, out_u = self._unet_call(torch.cat([x, x]), t, cond.kind,
                                            torch.cat([cond.embeds, null])).chunk(2)
             return out_u + self.guidance_scale * (out_c - out_u)
@@ -243,11 +245,16 @@ class Generator(nn.Module):
         return self.denoise(x, t, cond)
 
     # ---- schedule -------------------------------------------------------------------------
+    def trajectory_scheduler(self, device: torch.device | str | None = None) -> Any:
+        """A fresh copy of the sampling scheduler with its timesteps set: stateful multistep
+        schedulers must start clean for every trajectory."""
+        sched = copy.deepcopy(self.scheduler)
+        sched.set_timesteps(self.num_inference_steps, device=device)
+        return sched
+
     def timesteps(self) -> Tensor:
         """The sampling schedule ``t_0 > t_1 > ... > t_{n-1}`` (int64)."""
-        sched = copy.deepcopy(self.scheduler)
-        sched.set_timesteps(self.num_inference_steps)
-        return sched.timesteps.clone()
+        return self.trajectory_scheduler().timesteps.clone()
 
     def start_index(self, depth: float | int) -> int:
         """Schedule index to start from: ``depth`` in (0, 1] is the fraction of the schedule
@@ -296,8 +303,7 @@ class Generator(nn.Module):
         the computation follows ``latent``.
         """
         estimator = parse_estimator(estimator)
-        sched = copy.deepcopy(self.scheduler)
-        sched.set_timesteps(self.num_inference_steps, device=latent.device)
+        sched = self.trajectory_scheduler(latent.device)
         steps = sched.timesteps[start:]
         if len(steps) == 0:
             raise ValueError(f"start {start} leaves no step of the {len(sched.timesteps)}-step schedule")

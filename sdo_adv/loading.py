@@ -69,7 +69,7 @@ def load_generator(spec: str | Path | Generator, **kwargs: Any) -> Generator:
             raise FileNotFoundError(f"{path} is not a diffusers folder: model_index.json is missing")
         return _generator_from_folder(path, kwargs)
     parts = spec_s.split("/")
-    if len(parts) == 2 and all(parts) and ":" not in spec_s and not path.suffix:
+    if len(parts) == 2 and all(parts) and ":" not in spec_s and not path.exists():
         return _generator_from_folder(spec_s, kwargs)
     raise ValueError(f"unknown generator spec {spec_s!r} (no such folder); accepted forms: "
                      + ", ".join(GENERATOR_FORMS))
