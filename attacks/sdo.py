@@ -15,8 +15,10 @@ from sdo_adv.generator import Condition, Generator
 from sdo_adv.imaging import check_images, check_labels, to_model_input
 from sdo_adv.loading import load_generator
 from sdo_adv.losses import LOSSES, attack_loss, per_sample_l2, success
+from sdo_adv.picard import PicardSampler, Trajectory
 
 OPTIMIZE = ("latent", "cond", "both")
+SAMPLERS = ("sequential", "picard")
 
 
 @dataclass
@@ -24,7 +26,9 @@ class AttackResult:
     """Per-sample record of the last :class:`SDOAttack` call (all tensors ``(B,)``, on CPU).
 
     ``iterations``: iteration at which the returned image was found (-1 if never successful);
-    ``history``: fraction of the batch successful after each iteration.
+    ``history``: fraction of the batch successful after each iteration; ``latent``: the start
+    latents ``(B, C, h, w)`` at schedule index ``start`` whose exact sequential samples are
+    the returned images (before conversion to the input's size and channels).
     """
 
     success: Tensor
@@ -35,6 +39,8 @@ class AttackResult:
     adv_pred: Tensor
     target: Tensor | None
     reconstruction_error: Tensor
+    latent: Tensor
+    start: int
     history: list[float] = field(default_factory=list)
 
 
@@ -74,6 +80,13 @@ class SDOAttack(Attack):
             ``class_names``. (Default: None)
         progress (bool): show a progress bar over iterations with the running success
             rate. (Default: False)
+        sampler (str): ``"sequential"``, or ``"picard"``: each iteration refines the previous
+            iteration's trajectory with ``sweeps`` batched-over-time sweeps (see
+            :mod:`sdo_adv.picard`; DDIM only). Returned images and reported success always come
+            from an exact sequential pass. (Default: ``"sequential"``)
+        sweeps (int): Picard sweeps per iteration. (Default: 1)
+        tol (float or None): stop the sweeps once the largest relative update falls below it.
+            (Default: None)
 
     Shape:
         - images: :math:`(N, C, H, W)` in [0, 1], C in {1, 3}. - labels: :math:`(N)` int.
@@ -94,7 +107,8 @@ class SDOAttack(Attack):
                  latent_bound: float | None = 1.0, optimize: str = "latent",
                  early_stop: bool = True,
                  prompts: Callable[[Tensor], Sequence[str]] | Sequence[str] | None = None,
-                 progress: bool = False) -> None:
+                 progress: bool = False, sampler: str = "sequential", sweeps: int = 1,
+                 tol: float | None = None) -> None:
         super().__init__("SDOAttack", model)
         self.generator = load_generator(generator)
         self.estimator = parse_estimator(gradient)
@@ -111,6 +125,10 @@ class SDOAttack(Attack):
         self.loss, self.kappa, self.fidelity = loss, float(kappa), float(fidelity)
         self.latent_bound, self.optimize, self.early_stop = latent_bound, optimize, bool(early_stop)
         self.prompts, self.progress = prompts, bool(progress)
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; accepted: {', '.join(SAMPLERS)}")
+        self.sampler, self.sweeps, self.tol = sampler, int(sweeps), tol
+        self._picard = PicardSampler(self.generator, self.sweeps, tol) if sampler == "picard" else None
         self.supported_mode = ["default", "targeted"]
         self.last_result: AttackResult | None = None
 
@@ -167,35 +185,45 @@ class SDOAttack(Attack):
         n = images.shape[0]
         best = images.clone()
         best_l2 = torch.full((n,), float("inf"), device=gen.device, dtype=work)
+        best_z = z0.clone()
         found_at = torch.full((n,), -1, dtype=torch.long, device=gen.device)
         done = torch.zeros(n, dtype=torch.bool, device=gen.device)
         history: list[float] = []
+        trajectory = self._picard.init_trajectory(z0, start) if self._picard else None
         bar = tqdm(total=self.steps + 1, desc="SDOAttack", unit="it", disable=not self.progress)
         for it in range(self.steps + 1):
             active = (~done).nonzero().squeeze(1) if self.early_stop else torch.arange(n, device=gen.device)
             if active.numel() == 0:
                 history.extend([1.0] * (self.steps + 1 - it))
                 break
-            with torch.set_grad_enabled(it < self.steps):
-                adv, logits = self._generate(z0, delta, cond, cond_delta, active, start, (c, h, w))
+            last = it == self.steps
+            with torch.set_grad_enabled(not last):
+                z, cond_a = self._variables(z0, delta, cond, cond_delta, active)
+                generated = self._sample(z, cond_a, start, active, trajectory)
+                adv = to_model_input(generated, c, (h, w))
+                logits = self.get_logits(adv)
                 ok = success(logits, goal[active], self.targeted)
-                l2 = per_sample_l2(adv, images[active]).detach()
-                improved = ok & (l2 < best_l2[active])
-                fallback = ~done[active] & ~ok
-                best[active[improved | fallback]] = adv.detach()[improved | fallback]
+                seen, seen_ok = adv.detach(), ok
+                if self._picard is not None:
+                    seen, seen_ok = self._exact(z, cond_a, start, ok | last, seen, ok, goal[active], (c, h, w))
+                l2 = per_sample_l2(seen, images[active])
+                improved = seen_ok & (l2 < best_l2[active])
+                fallback = ~done[active] & ~seen_ok
+                best[active[improved | fallback]] = seen[improved | fallback]
+                best_z[active[improved | fallback]] = z.detach()[improved | fallback]
                 best_l2[active[improved]] = l2[improved]
                 found_at[active[improved]] = it
-                done[active[ok]] = True
+                done[active[seen_ok]] = True
                 history.append(done.float().mean().item())
                 bar.set_postfix(success=f"{history[-1]:.0%}")
                 bar.update()
-                if it == self.steps:
+                if last:
                     break
                 mse = (adv - images[active]).flatten(1).pow(2).mean(1)
                 objective = attack_loss(logits, goal[active], self.loss, self.targeted, self.kappa)
                 objective = objective + self.fidelity * mse
                 if self.early_stop:
-                    objective = objective[~ok]
+                    objective = objective[~seen_ok]
                 if objective.numel():
                     opt.zero_grad(set_to_none=True)
                     objective.sum().backward()
@@ -213,22 +241,42 @@ class SDOAttack(Attack):
             linf=(returned - images).flatten(1).abs().amax(1).cpu(),
             clean_pred=clean_logits.argmax(1).cpu(), adv_pred=adv_logits.argmax(1).cpu(),
             target=goal.cpu() if self.targeted else None,
-            reconstruction_error=inversion.error.cpu(), history=history)
+            reconstruction_error=inversion.error.cpu(), latent=best_z.cpu(), start=start, history=history)
         return out
 
-    def _generate(self, z0: Tensor, delta: Tensor, cond: Condition | None, cond_delta: Tensor | None,
-                  active: Tensor, start: int, shape: tuple[int, int, int]) -> tuple[Tensor, Tensor]:
-        """Sample the ``active`` samples from their current latents; return images at the input's
-        shape ``(C, H, W)`` and the classifier's logits on them."""
+    @staticmethod
+    def _variables(z0: Tensor, delta: Tensor, cond: Condition | None, cond_delta: Tensor | None,
+                   active: Tensor) -> tuple[Tensor, Condition | None]:
+        """The ``active`` samples' current start latents and conditioning."""
         cond_a = None
         if cond is not None:
             cond_a = cond.select(active)
             if cond_delta is not None:
                 cond_a = cond_a.replace(cond_a.embeds + cond_delta[active])
-        generated = self.generator.sample(z0[active] + delta[active], cond=cond_a,
-                                          estimator=self.estimator, start=start)
-        adv = to_model_input(generated, shape[0], shape[1:])
-        return adv, self.get_logits(adv)
+        return z0[active] + delta[active], cond_a
+
+    def _sample(self, z: Tensor, cond: Condition | None, start: int, active: Tensor,
+                trajectory: Trajectory | None) -> Tensor:
+        """Generator images in [0, 1]; with Picard, warm-started from and updating ``trajectory``."""
+        if self._picard is None:
+            return self.generator.sample(z, cond=cond, estimator=self.estimator, start=start)
+        images, refined = self._picard.sample(z, cond=cond, estimator=self.estimator, start=start,
+                                              trajectory=trajectory.select(active))
+        trajectory.states[:, active] = refined.states
+        return images
+
+    @torch.no_grad()
+    def _exact(self, z: Tensor, cond: Condition | None, start: int, check: Tensor, adv: Tensor,
+               ok: Tensor, goal: Tensor, shape: tuple[int, int, int]) -> tuple[Tensor, Tensor]:
+        """Replace the ``check`` samples' images and success by those of an exact sequential pass."""
+        idx = check.nonzero().squeeze(1)
+        adv, ok = adv.clone(), ok.clone()
+        if idx.numel():
+            cond_c = cond.replace(cond.embeds.detach()).select(idx) if cond is not None else None
+            exact = self.generator.sample(z.detach()[idx], cond=cond_c, estimator="skip", start=start)
+            adv[idx] = to_model_input(exact, shape[0], shape[1:])
+            ok[idx] = success(self.get_logits(adv[idx]), goal[idx], self.targeted)
+        return adv, ok
 
     @torch.no_grad()
     def _project(self, *variables: Tensor | None) -> None:

@@ -231,3 +231,37 @@ def test_grayscale_generator_with_rgb_images_converts_explicitly(models):
     with pytest.warns(UserWarning, match="converting explicitly"):
         adv = SDOAttack(model, gen, steps=1)(images, labels)
     assert adv.shape == images.shape
+
+
+@pytest.mark.parametrize("sampler", ["sequential", "picard"])
+def test_returned_images_are_exact_samples_of_the_returned_latents(models, sampler):
+    model, gen = models
+    images, labels = batch(4, size=12)
+    atk = SDOAttack(model, gen, steps=4, lr=0.3, sampler=sampler, sweeps=1)
+    adv = atk(images, labels)
+    r = atk.last_result
+    cond = gen.condition(labels)
+    with torch.no_grad():
+        exact = gen.sample(r.latent, cond=cond, estimator="skip", start=r.start)
+        exact = torch.nn.functional.interpolate(exact, size=(12, 12), mode="bilinear", align_corners=False)
+    assert torch.allclose(adv, exact, atol=1e-5)
+
+
+def test_picard_attack_tracks_sequential(models):
+    model, gen = models
+    images, labels = batch(8)
+    with torch.no_grad():
+        labels = model(images).argmax(1)
+    seq = SDOAttack(model, gen, steps=20, lr=0.3, fidelity=0.0)
+    seq(images, labels)
+    pic = SDOAttack(model, gen, steps=20, lr=0.3, fidelity=0.0, sampler="picard", sweeps=2)
+    pic(images, labels)
+    assert pic.last_result.success.float().mean() >= seq.last_result.success.float().mean() - 0.25
+
+
+def test_picard_needs_ddim(models):
+    model, _ = models
+    with pytest.raises(ValueError, match="ddim"):
+        SDOAttack(model, pixel_generator(steps=3, sampler="dpm++"), sampler="picard")
+    with pytest.raises(ValueError, match="unknown sampler"):
+        SDOAttack(model, pixel_generator(steps=3), sampler="jacobi")
