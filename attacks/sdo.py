@@ -1,6 +1,7 @@
 """SDOAttack: natural adversarial images by optimizing a diffusion model's latent."""
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +27,8 @@ class AttackResult:
     """Per-sample record of the last :class:`SDOAttack` call (all tensors ``(B,)``, on CPU).
 
     ``iterations``: iteration at which the returned image was found (-1 if never successful);
-    ``history``: fraction of the batch successful after each iteration; ``latent``: the start
+    ``history``: fraction of the batch successful after each iteration, ``seconds``: wall-clock
+    seconds since the attack started at each of those points; ``latent``: the start
     latents ``(B, C, h, w)`` at schedule index ``start`` whose exact sequential samples are
     the returned images (before conversion to the input's size and channels).
     """
@@ -42,6 +44,7 @@ class AttackResult:
     latent: Tensor
     start: int
     history: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
 
 
 class SDOAttack(Attack):
@@ -155,6 +158,7 @@ class SDOAttack(Attack):
     def forward(self, images: Tensor, labels: Tensor) -> Tensor:
         r"""Overridden."""
         check_images(images)
+        started = time.perf_counter()
         in_dtype, in_device = images.dtype, images.device
         gen = self.generator
         work = torch.float64 if gen.dtype == torch.float64 else torch.float32
@@ -189,12 +193,14 @@ class SDOAttack(Attack):
         found_at = torch.full((n,), -1, dtype=torch.long, device=gen.device)
         done = torch.zeros(n, dtype=torch.bool, device=gen.device)
         history: list[float] = []
+        seconds: list[float] = []
         trajectory = self._picard.init_trajectory(z0, start) if self._picard else None
         bar = tqdm(total=self.steps + 1, desc="SDOAttack", unit="it", disable=not self.progress)
         for it in range(self.steps + 1):
             active = (~done).nonzero().squeeze(1) if self.early_stop else torch.arange(n, device=gen.device)
             if active.numel() == 0:
                 history.extend([1.0] * (self.steps + 1 - it))
+                seconds.extend([seconds[-1]] * (self.steps + 1 - it))
                 break
             last = it == self.steps
             with torch.set_grad_enabled(not last):
@@ -215,6 +221,7 @@ class SDOAttack(Attack):
                 found_at[active[improved]] = it
                 done[active[seen_ok]] = True
                 history.append(done.float().mean().item())
+                seconds.append(time.perf_counter() - started)
                 bar.set_postfix(success=f"{history[-1]:.0%}")
                 bar.update()
                 if last:
@@ -241,7 +248,8 @@ class SDOAttack(Attack):
             linf=(returned - images).flatten(1).abs().amax(1).cpu(),
             clean_pred=clean_logits.argmax(1).cpu(), adv_pred=adv_logits.argmax(1).cpu(),
             target=goal.cpu() if self.targeted else None,
-            reconstruction_error=inversion.error.cpu(), latent=best_z.cpu(), start=start, history=history)
+            reconstruction_error=inversion.error.cpu(), latent=best_z.cpu(), start=start, history=history,
+            seconds=seconds)
         return out
 
     @staticmethod

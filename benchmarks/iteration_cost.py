@@ -8,8 +8,8 @@ resident-set high-water mark, each estimator in a fresh subprocess; CUDA:
 network calls (forward with graph, forward without, backward).
 
 The generator is a ~1.1M-parameter class-conditional ``UNet2DModel`` at 32x32 with random
-weights (the embedded digit model's architecture), or the embedded model itself with
-``--embedded``.
+weights (the embedded digit model's architecture) and a small random CNN classifier, or the
+embedded generator and standard classifier with ``--embedded``.
 
     python benchmarks/iteration_cost.py --estimators sdo,full --steps 10,50,200 --batch 4
 """
@@ -32,11 +32,13 @@ import torch
 def build(embedded: bool, device: str, guidance: float):
     from diffusers import DDPMScheduler, UNet2DModel
 
-    from sdo_adv import Generator, load_generator
+    from sdo_adv import Generator, load_classifier, load_generator
 
     torch.manual_seed(0)
     if embedded:
         gen = load_generator("sdo-adv:digits")
+        classifier = load_classifier("sdo-adv:digits-resnet18")
+        return gen.to(device), classifier.to(device).eval().requires_grad_(False)
     else:
         unet = UNet2DModel(sample_size=32, in_channels=1, out_channels=1, block_out_channels=(32, 64, 64),
                            layers_per_block=1, norm_num_groups=16, attention_head_dim=32,

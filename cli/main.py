@@ -34,6 +34,24 @@ def demo(out: str, n_images: int, steps: int | None, seed: int) -> None:
 
 
 @main.command()
+@click.option("--quick", is_flag=True, help="Tiny settings (about a minute), for checking the pipeline.")
+@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
+@click.option("--out", default="bench", show_default=True, type=click.Path(file_okay=False))
+def bench(quick: bool, device: str, out: str) -> None:
+    """Benchmark the gradient estimators: cost, gradient fidelity, attack quality (benchmarks/run_all.py)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "run_all.py"
+    if not script.is_file():
+        raise click.ClickException(f"sdo-adv bench runs from a source checkout: {script} not found")
+    cmd = [sys.executable, str(script), "--device", device, "--out", out] + (["--quick"] if quick else [])
+    if subprocess.run(cmd).returncode != 0:
+        raise click.ClickException("a benchmark failed (see above)")
+
+
+@main.command()
 def models() -> None:
     """List the embedded models and the accepted spec forms."""
     from sdo_adv.loading import CLASSIFIER_FORMS, GENERATOR_FORMS, embedded_models

@@ -91,7 +91,7 @@ def _load_models(specs: Sequence[str], robustbench_dir: str | Path,
     models: dict[str, nn.Module | str] = {}
     for spec in specs:
         try:
-            models[spec] = load_classifier(spec, model_dir=robustbench_dir).to(device).eval()
+            models[spec] = load_classifier(spec, pretrained=True, model_dir=robustbench_dir).to(device).eval()
         except FileNotFoundError as err:
             models[spec] = f"weights not found: {err}"
         except (ValueError, TypeError) as err:

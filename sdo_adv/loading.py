@@ -165,7 +165,11 @@ def _timm_classifier(name: str, pretrained: bool, ckpt: str | None, kwargs: dict
 
     if not timm.is_model(name):
         raise ValueError(f"unknown timm model {name!r}")
-    model = timm.create_model(name, pretrained=pretrained and ckpt is None, **kwargs)
+    try:
+        model = timm.create_model(name, pretrained=pretrained and ckpt is None, **kwargs)
+    except OSError as err:
+        raise FileNotFoundError(f"pretrained weights for timm:{name} are not available (offline and not in "
+                                f"the local Hugging Face cache?): {err}") from err
     if ckpt is not None:
         model.load_state_dict(load_state_dict(ckpt))
     return _timm_model_with_config(model, f"timm:{name}", kwargs.get("in_chans", 3))

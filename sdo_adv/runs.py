@@ -348,7 +348,7 @@ class AttackRun:
         csv_targets = read_csv(Path(targeted), "target") if targeted not in (None, *TARGET_MODES) else None
 
         self.device = torch.device(o["device"])
-        self.classifier = _load(lambda: load_classifier(o["classifier"]), "classifier").to(self.device).eval()
+        self.classifier = _load(lambda: load_classifier(o["classifier"], pretrained=True), "classifier").to(self.device).eval()
         gen_kwargs = {k: o[k] for k in ("num_inference_steps", "guidance_scale") if o[k] is not None}
         generator = _load(lambda: load_generator(o["generator"], **gen_kwargs), "generator").to(self.device)
         o["num_inference_steps"], o["guidance_scale"] = generator.num_inference_steps, generator.guidance_scale

@@ -31,6 +31,7 @@ def test_output_shape_range_dtype_and_record(models):
     assert adv.min() >= 0 and adv.max() <= 1
     r = atk.last_result
     assert len(r.history) == 7 and all(0 <= h <= 1 for h in r.history)
+    assert len(r.seconds) == 7 and r.seconds == sorted(r.seconds) and r.seconds[0] > 0
     with torch.no_grad():
         pred = model(adv).argmax(1)
     assert torch.equal(r.adv_pred, pred)

@@ -1,0 +1,110 @@
+"""Attack quality per gradient estimator (and sampler) on held-out embedded digits.
+
+For each configuration: success rate after each iteration and against wall-clock seconds,
+final fidelity (L2, SSIM) of the successful images, and transfer success to the embedded
+second-architecture and adversarially trained classifiers. Untargeted, against
+``sdo-adv:digits-resnet18``, SDOAttack defaults unless overridden.
+
+    python benchmarks/attack_quality.py --configs sdo,skip,full --n 200 --out results.json
+    python benchmarks/attack_quality.py --configs sdo,sdo@picard:1,sdo@picard:2,sdo@picard:4
+
+A configuration is ``<estimator>`` or ``<estimator>@picard:<sweeps>``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from sdo_adv import load_classifier, load_generator
+from sdo_adv.attacks import SDOAttack
+from sdo_adv.data import load_digits
+from sdo_adv.metrics import l2, ssim
+
+TARGET = "sdo-adv:digits-resnet18"
+TRANSFER = ("sdo-adv:digits-test_efficientnet", "sdo-adv:digits-resnet18-pgd")
+
+
+def parse_config(config: str) -> dict:
+    estimator, _, sampler = config.partition("@")
+    if not sampler:
+        return {"gradient": estimator, "sampler": "sequential"}
+    kind, _, sweeps = sampler.partition(":")
+    if kind != "picard" or not sweeps.isdigit():
+        raise SystemExit(f"bad configuration {config!r}: use <estimator> or <estimator>@picard:<sweeps>")
+    return {"gradient": estimator, "sampler": "picard", "sweeps": int(sweeps)}
+
+
+def run(config: str, n: int, batch: int, steps: int, seed: int) -> dict:
+    torch.manual_seed(seed)
+    images, labels = load_digits(n)
+    model = load_classifier(TARGET)
+    others = {spec: load_classifier(spec) for spec in TRANSFER}
+    attack = SDOAttack(model, load_generator("sdo-adv:digits"), steps=steps, **parse_config(config))
+    history, seconds, adv, success = [], [], [], []
+    for i in range(0, n, batch):
+        out = attack(images[i:i + batch], labels[i:i + batch])
+        r = attack.last_result
+        k = len(out)
+        history.append(torch.tensor(r.history) * k)
+        offset = sum(s[-1] for s in seconds) if seconds else 0.0
+        seconds.append([offset + s for s in r.seconds])
+        adv.append(out)
+        success.append(r.success)
+    adv, success = torch.cat(adv), torch.cat(success)
+    curve = (torch.stack(history).sum(0) / n).tolist()
+    # batches run one after another: success at iteration t counts every batch's first t
+    # iterations, and the time to reach it adds up the batches' times at t
+    times = torch.tensor(seconds).sum(0).tolist()
+    with torch.no_grad():
+        transfer = {spec: (clf(adv).argmax(1) != labels)[success].float().mean().item() if success.any() else None
+                    for spec, clf in others.items()}
+    return {
+        "config": config, **parse_config(config), "n": n, "batch": batch, "steps": steps,
+        "success_after_iteration": curve, "seconds_at_iteration": times,
+        "final_success": success.float().mean().item(),
+        "mean_l2": l2(adv, images)[success].mean().item() if success.any() else None,
+        "mean_ssim": ssim(adv, images)[success].mean().item() if success.any() else None,
+        "transfer_success": transfer,
+        "iterations_to_90": next((t for t, s in enumerate(curve) if s >= 0.9), None),
+        "seconds_to_90": next((times[t] for t, s in enumerate(curve) if s >= 0.9), None),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--configs", default="sdo,skip,full")
+    p.add_argument("--n", type=int, default=200)
+    p.add_argument("--batch", type=int, default=50)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
+    p.add_argument("--out", type=Path, default=None)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    rows = []
+    for config in a.configs.split(","):
+        t0 = time.perf_counter()
+        row = run(config, a.n, a.batch, a.steps, a.seed)
+        row["wall_s"] = time.perf_counter() - t0
+        rows.append(row)
+        fmt = lambda v, f: "n/a" if v is None else format(v, f)  # noqa: E731
+        print(f"{config:18s} success {row['final_success']:.3f}  to 90%: {fmt(row['iterations_to_90'], 'd')} it, "
+              f"{fmt(row['seconds_to_90'], '.1f')} s  L2 {fmt(row['mean_l2'], '.3f')}  SSIM "
+              f"{fmt(row['mean_ssim'], '.3f')}  transfer {row['transfer_success']}  wall {row['wall_s']:.0f} s",
+              flush=True)
+        if a.out:
+            result = {"machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+                                  "threads": a.threads, "torch": torch.__version__},
+                      "config": vars(a) | {"out": str(a.out)}, "rows": rows}
+            a.out.parent.mkdir(parents=True, exist_ok=True)
+            a.out.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

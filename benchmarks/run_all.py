@@ -1,0 +1,137 @@
+"""Run every benchmark, merge the figures into ``results.json``, draw the plots, print a table.
+
+The three parts are separate scripts in this folder (``iteration_cost.py``,
+``gradient_fidelity.py``, ``attack_quality.py``), each run in its own process;
+``sdo-adv bench`` is a thin wrapper around this file.
+
+    python benchmarks/run_all.py [--quick] [--device cpu|cuda] [--out DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ESTIMATORS = "full,checkpoint,truncated:1,truncated:5,skip,sdo:first,sdo:last,sdo:random"
+FULL = {
+    "iteration_cost": ["--estimators", ESTIMATORS, "--steps", "10,20,50,100,200", "--batch", "8",
+                       "--repeats", "5", "--embedded"],
+    "gradient_fidelity": ["--n", "8", "--depths", "0.25,0.5,0.75,1.0"],
+    "attack_quality": ["--configs", "sdo:first,sdo:last,sdo:random,skip,truncated:1,truncated:5,full,checkpoint,"
+                       "sdo@picard:1,sdo@picard:2,sdo@picard:4", "--n", "200", "--batch", "50"],
+}
+QUICK = {
+    "iteration_cost": ["--estimators", "sdo,full", "--steps", "10", "--batch", "2", "--repeats", "2",
+                       "--embedded"],
+    "gradient_fidelity": ["--n", "2", "--depths", "0.25", "--estimators", "full,skip,sdo:first"],
+    "attack_quality": ["--configs", "sdo,sdo@picard:1", "--n", "4", "--batch", "4", "--steps", "3"],
+}
+
+
+def versions() -> dict[str, str]:
+    found = {}
+    for dist in ("torch", "diffusers", "timm", "torchattacks", "sdo-adv"):
+        try:
+            found[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            found[dist] = "absent"
+    return found
+
+
+def plots(results: dict, out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    cost = results["iteration_cost"]["rows"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for est in dict.fromkeys(r["estimator"] for r in cost):
+        rows = [r for r in cost if r["estimator"] == est]
+        axes[0].plot([r["T"] for r in rows], [r["ratio_median"] for r in rows], "o-", label=est)
+        axes[1].plot([r["T"] for r in rows], [r["extra_peak_bytes"] / 2**20 for r in rows], "o-", label=est)
+    axes[0].set(xlabel="sampling steps T", ylabel="iteration / no-grad sampling", title="time")
+    axes[1].set(xlabel="sampling steps T", ylabel="extra peak memory (MiB)", title="memory", yscale="symlog")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "iteration_cost.png", dpi=100)
+    written.append("iteration_cost.png")
+    plt.close(fig)
+
+    quality = results["attack_quality"]["rows"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for row in quality:
+        curve = row["success_after_iteration"]
+        axes[0].plot(range(len(curve)), curve, label=row["config"])
+        axes[1].plot(row["seconds_at_iteration"], curve, label=row["config"])
+    axes[0].set(xlabel="iteration", ylabel="success rate", title="success per iteration")
+    axes[1].set(xlabel="wall-clock seconds", ylabel="success rate", title="success per second")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "attack_quality.png", dpi=100)
+    written.append("attack_quality.png")
+    plt.close(fig)
+
+    fidelity = results["gradient_fidelity"]["rows"]
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for est in dict.fromkeys(r["estimator"] for r in fidelity):
+        rows = [r for r in fidelity if r["estimator"] == est]
+        ax.plot([r["depth"] for r in rows], [r["latent"]["cosine"] for r in rows], "o-", label=est)
+    ax.set(xlabel="inversion depth", ylabel="cosine to exact gradient (latent)", title="gradient fidelity")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "gradient_fidelity.png", dpi=100)
+    written.append("gradient_fidelity.png")
+    plt.close(fig)
+    return written
+
+
+def table(results: dict) -> str:
+    lines = ["iteration cost (median iteration / no-grad sampling, extra peak MiB):"]
+    for r in results["iteration_cost"]["rows"]:
+        lines.append(f"  T={r['T']:4d} {r['estimator']:12s} {r['ratio_median']:.3f} "
+                     f"[{r['ratio_min']:.3f}, {r['ratio_max']:.3f}]  {r['extra_peak_bytes'] / 2**20:9.1f} MiB")
+    lines.append("gradient fidelity (latent cosine to exact):")
+    for r in results["gradient_fidelity"]["rows"]:
+        lines.append(f"  depth {r['depth']:.2f} {r['estimator']:12s} {r['latent']['cosine']:.4f}")
+    lines.append("attack quality (final success, iterations / seconds to 90%):")
+    for r in results["attack_quality"]["rows"]:
+        lines.append(f"  {r['config']:16s} {r['final_success']:.3f}  {r['iterations_to_90']}  "
+                     f"{r['seconds_to_90'] if r['seconds_to_90'] is None else round(r['seconds_to_90'], 1)}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="tiny settings, about a minute")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--out", type=Path, default=Path("bench"))
+    a = p.parse_args(argv)
+    a.out.mkdir(parents=True, exist_ok=True)
+    settings = QUICK if a.quick else FULL
+    results: dict = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
+                                 "cpu_count": os.cpu_count(), "python": platform.python_version(),
+                                 "device": a.device},
+                     "versions": versions(), "quick": a.quick}
+    for name, args in settings.items():
+        extra = ["--device", a.device] if name == "iteration_cost" else []
+        part = a.out / f"{name}.json"
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, str(HERE / f"{name}.py"), *args, *extra, "--out", str(part)], check=True)
+        results[name] = json.loads(part.read_text()) | {"wall_s": time.perf_counter() - t0}
+    results["plots"] = plots(results, a.out)
+    (a.out / "results.json").write_text(json.dumps(results, indent=2))
+    print(table(results))
+    print(f"wrote {a.out / 'results.json'} and {', '.join(results['plots'])}")
+
+
+if __name__ == "__main__":
+    main()
