@@ -63,7 +63,7 @@ class SDOAttack(Attack):
             its resolution and results converted back, differentiably, so success is judged
             on the returned image. (Default: the embedded digit generator is not implied.)
         steps (int): optimization iterations. (Default: 50)
-        lr (float): Adam learning rate on the latent. (Default: 0.05)
+        lr (float): Adam learning rate on the latent. (Default: 0.1)
         gradient (str): gradient estimator: ``sdo`` (= ``sdo:first``), ``sdo:last``,
             ``sdo:random``, ``sdo:<i>``, ``skip``, ``truncated:K``, ``checkpoint``, ``full``.
             (Default: ``"sdo"``)
@@ -105,7 +105,7 @@ class SDOAttack(Attack):
     """
 
     def __init__(self, model: torch.nn.Module, generator: Generator | str, steps: int = 50,
-                 lr: float = 0.05, gradient: str = "sdo", depth: float | int = 0.5,
+                 lr: float = 0.1, gradient: str = "sdo", depth: float | int = 0.5,
                  loss: str = "cw", kappa: float = 0.0, fidelity: float = 50.0,
                  latent_bound: float | None = 1.0, optimize: str = "latent",
                  early_stop: bool = True,

@@ -77,7 +77,7 @@ def resolve_options(ctx: click.Context, values: dict[str, Any]) -> dict[str, Any
 @click.option("--targeted", help="random, least-likely, next (label + 1), or a CSV with columns file,target.")
 @click.option("--gradient", default="sdo", show_default=True, help="Gradient estimator (sdo, sdo:last, full, ...).")
 @click.option("--steps", default=50, show_default=True, type=click.IntRange(1), help="Attack iterations.")
-@click.option("--lr", default=0.05, show_default=True, type=click.FloatRange(0, min_open=True),
+@click.option("--lr", default=0.1, show_default=True, type=click.FloatRange(0, min_open=True),
               help="Adam learning rate on the latent.")
 @click.option("--depth", default=0.5, show_default=True, type=click.FloatRange(0, 1, min_open=True),
               help="Inversion depth, a fraction of the sampling schedule.")

@@ -70,7 +70,7 @@ def main() -> None:
              *(f"robustbench:{m}" for m in names(args.robustbench))]
     options = {"classifier": args.classifier, "generator": args.generator, "input": data,
                "out": str(args.out / "attack"), "labels": None, "targeted": None, "gradient": "sdo",
-               "steps": steps, "lr": 0.05, "depth": 0.5, "num_inference_steps": None, "guidance_scale": None,
+               "steps": steps, "lr": 0.1, "depth": 0.5, "num_inference_steps": None, "guidance_scale": None,
                "batch_size": 8, "seed": 0, "device": "cuda" if torch.cuda.is_available() else "cpu",
                "config": None}
     try:

@@ -100,7 +100,7 @@ def test_outputs_and_manifest(assets, attacked):
     assert "| 8 |" in report and "success rate" in report and "## Skipped files (0)" in report
     run = json.loads((out / "run.json").read_text())
     assert run["config"]["steps"] == 1 and run["config"]["num_inference_steps"] == 2
-    assert run["config"]["lr"] == 0.05 and run["config"]["guidance_scale"] == 1.0 and run["config"]["depth"] == 0.5
+    assert run["config"]["lr"] == 0.1 and run["config"]["guidance_scale"] == 1.0 and run["config"]["depth"] == 0.5
     assert set(run["config"]) >= {"classifier", "generator", "input", "out", "labels", "targeted", "gradient",
                                   "batch_size", "seed", "device", "config"}
     assert set(run["versions"]) == {"python", "torch", "diffusers", "timm", "torchattacks", "robustbench", "sdo-adv"}
@@ -148,7 +148,7 @@ def test_resume_after_interruption(assets, tmp_path, monkeypatch):
 def test_settings_change_refuses_resume(assets, attacked, no_compute):
     out, _ = attacked
     result = invoke(*attack_args(assets, out, "--lr", "0.5"))
-    assert result.exit_code != 0 and "other settings" in result.output and "lr: 0.05 -> 0.5" in result.output
+    assert result.exit_code != 0 and "other settings" in result.output and "lr: 0.1 -> 0.5" in result.output
 
 
 def test_random_targets_do_not_depend_on_batching(assets, tmp_path):

@@ -1,6 +1,6 @@
 """Copy an exported generator folder into the package as ``sdo-adv:digits`` with its defaults.
 
-    python training/ship_generator.py /work/train/generator/export --guidance 2.0
+    python training/ship_generator.py /work/train/generator/export --guidance 1.0
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ DEST = Path(__file__).resolve().parents[1] / "sdo_adv" / "models" / "digits"
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("export", type=Path)
-    p.add_argument("--guidance", type=float, default=2.0)
+    p.add_argument("--guidance", type=float, default=1.0, help="default guidance for attacks")
     p.add_argument("--steps", type=int, default=20, help="default DDIM steps for attacks")
     a = p.parse_args()
     if DEST.exists():
