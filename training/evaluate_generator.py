@@ -3,7 +3,8 @@
 - class consistency: DDIM samples (``--sample-steps``, guidance ``--guidance``) from pure
   noise, 100 per class, read by the standard embedded classifier;
 - inversion: held-out digits DDIM-inverted with their true class to ``--depth`` of the
-  ``--steps`` schedule and regenerated: share of the classifier's labels kept, mean PSNR;
+  ``--steps`` schedule (the stored attack defaults, guidance included) and regenerated: share
+  of the classifier's labels kept, mean PSNR;
 - Frechet distance in the standard classifier's penultimate features between the samples and
   the 1000 held-out digits, beside the distance between two halves of the held-out set.
 
@@ -49,7 +50,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--generator", default="sdo_adv/models/digits")
     p.add_argument("--classifier", default="sdo-adv:digits-resnet18")
-    p.add_argument("--guidance", type=float, default=None, help="default: the generator's stored value")
+    p.add_argument("--guidance", type=float, default=2.0, help="guidance for the samples from pure noise")
     p.add_argument("--sample-steps", type=int, default=50)
     p.add_argument("--per-class", type=int, default=100)
     p.add_argument("--steps", type=int, default=None, help="inversion schedule (default: stored)")
@@ -62,8 +63,7 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     t0 = time.time()
     clf = load_classifier(a.classifier)
-    overrides = {} if a.guidance is None else {"guidance_scale": a.guidance}
-    gen = load_generator(a.generator, num_inference_steps=a.sample_steps, **overrides)
+    gen = load_generator(a.generator, num_inference_steps=a.sample_steps, guidance_scale=a.guidance)
     data = load_split()
     held = to_unit(data["x_held"][:a.n_heldout])
     held_y = torch.from_numpy(data["y_held"][:a.n_heldout])
@@ -80,7 +80,7 @@ def main() -> None:
     consistency = (predict(clf, samples) == labels).float().mean().item()
     print(f"class consistency {consistency:.3f} ({time.time() - t0:.0f}s)", flush=True)
 
-    inv_gen = load_generator(a.generator, **({"num_inference_steps": a.steps} if a.steps else {}), **overrides)
+    inv_gen = load_generator(a.generator, **({"num_inference_steps": a.steps} if a.steps else {}))
     recon = []
     for i in range(0, len(held), a.batch):
         x, y = held[i:i + a.batch], held_y[i:i + a.batch]
