@@ -1,0 +1,107 @@
+"""The shipped models and digits: checksums, loading through every path, accuracy, the demo."""
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sdo_adv import embedded_models, load_classifier, load_generator
+from sdo_adv.data import DIGITS_FILE, load_digits
+from sdo_adv.loading import MODELS_DIR
+
+CLASSIFIER_BARS = {"digits-resnet18": 0.98, "digits-test_efficientnet": 0.98, "digits-resnet18-pgd": 0.95}
+
+
+def test_checksums_of_shipped_weights():
+    listed = {}
+    for line in (MODELS_DIR / "SHA256SUMS").read_text().splitlines():
+        digest, name = line.split(maxsplit=1)
+        listed[name] = digest
+    shipped = {str(p.relative_to(MODELS_DIR)) for p in MODELS_DIR.rglob("*.safetensors")}
+    shipped.add(str(DIGITS_FILE.relative_to(MODELS_DIR.parent)).replace("data/", "../data/"))
+    assert shipped == set(listed)
+    for name, digest in listed.items():
+        assert hashlib.sha256((MODELS_DIR / name).read_bytes()).hexdigest() == digest, name
+
+
+def test_shipped_size_budget():
+    total = sum(p.stat().st_size for p in MODELS_DIR.rglob("*") if p.is_file())
+    assert total <= 25 * 2**20
+
+
+def test_every_model_is_listed():
+    kinds = {name: e["kind"] for name, e in embedded_models().items()}
+    assert kinds.get("digits") == "generator"
+    assert {k for k, v in kinds.items() if v == "classifier"} == set(CLASSIFIER_BARS)
+
+
+def test_generator_loads_with_plain_diffusers_and_by_spec():
+    from diffusers import DDPMPipeline
+
+    pipe = DDPMPipeline.from_pretrained(MODELS_DIR / "digits")
+    assert pipe.unet.config.num_class_embeds == 11 and pipe.unet.config.sample_size == 32
+    gen = load_generator("sdo-adv:digits")
+    assert gen.num_classes == 10 and gen.null_class == 10 and gen.image_size == 32 and gen.image_channels == 1
+    info = json.loads((MODELS_DIR / "digits" / "sdo_adv.json").read_text())
+    assert gen.num_inference_steps == info["num_inference_steps"] and gen.guidance_scale == info["guidance_scale"]
+
+
+@pytest.mark.parametrize("name", sorted(CLASSIFIER_BARS))
+def test_classifier_loads_with_plain_timm_and_meets_its_bar(name):
+    import timm
+    from safetensors.torch import load_file
+
+    cfg = json.loads((MODELS_DIR / name / "config.json").read_text())
+    net = timm.create_model(cfg["architecture"], **cfg["model_args"])
+    net.load_state_dict(load_file(str(MODELS_DIR / name / "model.safetensors")))
+    clf = load_classifier(f"sdo-adv:{name}")
+    images, labels = load_digits()
+    x = (images - cfg["pretrained_cfg"]["mean"][0]) / cfg["pretrained_cfg"]["std"][0]
+    with torch.no_grad():
+        plain, wrapped = net.eval()(x), clf(images)
+    assert torch.allclose(plain, wrapped, atol=1e-5)
+    accuracy = (wrapped.argmax(1) == labels).float().mean().item()
+    assert accuracy >= CLASSIFIER_BARS[name], f"{name}: {accuracy:.3f} on the shipped digits"
+
+
+def test_shipped_digits():
+    with np.load(DIGITS_FILE) as data:
+        assert data["images"].dtype == np.uint8 and data["images"].shape == (200, 32, 32)
+        assert sorted(set(data["labels"].tolist())) == list(range(10))
+    with pytest.raises(ValueError, match="n must be"):
+        load_digits(201)
+
+
+def test_quick_demo_measures_success(tmp_path):
+    from sdo_adv.demo import run_demo
+
+    report = run_demo(tmp_path, n=3, steps=2, progress=False)
+    for key in ("success_rate", "mean_l2", "mean_ssim", "robust_keeps_label", "seconds_per_image", "items"):
+        assert key in report
+    assert (tmp_path / "grid.png").stat().st_size > 1000
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["success_rate"] == report["success_rate"]
+    with np.load(tmp_path / "adversarial.npz") as data:
+        adv = torch.from_numpy(data["images"])
+    clf = load_classifier("sdo-adv:digits-resnet18")
+    with torch.no_grad():
+        pred = clf(adv).argmax(1).tolist()
+    assert pred == [item["adv_pred"] for item in report["items"]]
+    labels = [item["label"] for item in report["items"]]
+    correct = [i for i, item in enumerate(report["items"]) if item["clean_pred"] == item["label"]]
+    fooled = [i for i in correct if pred[i] != labels[i]]
+    assert report["success_rate"] == len(fooled) / max(1, len(correct))
+
+
+def test_demo_command(tmp_path):
+    from click.testing import CliRunner
+
+    from sdo_adv.cli.main import main
+
+    result = CliRunner().invoke(main, ["demo", "--out", str(tmp_path), "--n", "2", "--steps", "1"])
+    assert result.exit_code == 0, result.output
+    assert "success" in result.output and (tmp_path / "report.json").exists()
+    listing = CliRunner().invoke(main, ["models"])
+    assert "sdo-adv:digits-resnet18" in listing.output and "sdo-adv:digits " in listing.output
