@@ -105,3 +105,33 @@ def test_demo_command(tmp_path):
     assert "success" in result.output and (tmp_path / "report.json").exists()
     listing = CliRunner().invoke(main, ["models"])
     assert "sdo-adv:digits-resnet18" in listing.output and "sdo-adv:digits " in listing.output
+
+
+def test_attack_and_evaluate_commands_on_the_embedded_models(tmp_path):
+    from click.testing import CliRunner
+
+    from sdo_adv.cli.main import main
+
+    images, labels = load_digits(3)
+    np.savez(tmp_path / "digits.npz", images=(images[:, 0] * 255).round().numpy().astype(np.uint8),
+             labels=labels.numpy())
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["attack", "--classifier", "sdo-adv:digits-resnet18", "--generator",
+                                       "sdo-adv:digits", "--input", str(tmp_path / "digits.npz"), "--out",
+                                       str(out), "--steps", "3", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [r["label"] for r in rows] == labels.tolist()
+    clf = load_classifier("sdo-adv:digits-resnet18")
+    from PIL import Image
+
+    saved = torch.stack([torch.from_numpy(np.array(Image.open(out / r["file"]))).float().div(255)[None] for r in rows])
+    with torch.no_grad():
+        assert clf(saved).argmax(1).tolist() == [r["pred_after"] for r in rows]
+    result = CliRunner().invoke(main, ["evaluate", "--adv", str(out), "--models",
+                                       "sdo-adv:digits-test_efficientnet,sdo-adv:digits-resnet18-pgd",
+                                       "--out", str(tmp_path / "eval")])
+    assert result.exit_code == 0, result.output
+    records = json.loads((tmp_path / "eval" / "evaluation.json").read_text())["models"]
+    assert [r["name"] for r in records] == ["sdo-adv:digits-test_efficientnet", "sdo-adv:digits-resnet18-pgd"]
+    assert all(r["skipped"] is None and r["n_eval"] == 3 for r in records)
