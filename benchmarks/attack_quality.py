@@ -52,8 +52,7 @@ def run(config: str, n: int, batch: int, steps: int, seed: int) -> dict:
         r = attack.last_result
         k = len(out)
         history.append(torch.tensor(r.history) * k)
-        offset = sum(s[-1] for s in seconds) if seconds else 0.0
-        seconds.append([offset + s for s in r.seconds])
+        seconds.append(r.seconds)
         adv.append(out)
         success.append(r.success)
     adv, success = torch.cat(adv), torch.cat(success)
