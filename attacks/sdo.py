@@ -15,7 +15,8 @@ from sdo_adv.estimators import parse_estimator
 from sdo_adv.generator import Condition, Generator
 from sdo_adv.imaging import check_images, check_labels, to_model_input
 from sdo_adv.loading import load_generator
-from sdo_adv.losses import LOSSES, attack_loss, per_sample_l2, success
+from sdo_adv.losses import LOSSES, attack_loss, success
+from sdo_adv import metrics
 from sdo_adv.picard import PicardSampler, Trajectory
 
 OPTIMIZE = ("latent", "cond", "both")
@@ -212,7 +213,7 @@ class SDOAttack(Attack):
                 seen, seen_ok = adv.detach(), ok
                 if self._picard is not None:
                     seen, seen_ok = self._exact(z, cond_a, start, ok | last, seen, ok, goal[active], (c, h, w))
-                l2 = per_sample_l2(seen, images[active])
+                l2 = metrics.l2(seen, images[active])
                 improved = seen_ok & (l2 < best_l2[active])
                 fallback = ~done[active] & ~seen_ok
                 best[active[improved | fallback]] = seen[improved | fallback]
@@ -244,8 +245,8 @@ class SDOAttack(Attack):
         returned = out.to(device=gen.device, dtype=work)
         self.last_result = AttackResult(
             success=final_success.cpu(), iterations=torch.where(final_success, found_at, -1).cpu(),
-            l2=per_sample_l2(returned, images).cpu(),
-            linf=(returned - images).flatten(1).abs().amax(1).cpu(),
+            l2=metrics.l2(returned, images).cpu(),
+            linf=metrics.linf(returned, images).cpu(),
             clean_pred=clean_logits.argmax(1).cpu(), adv_pred=adv_logits.argmax(1).cpu(),
             target=goal.cpu() if self.targeted else None,
             reconstruction_error=inversion.error.cpu(), latent=best_z.cpu(), start=start, history=history,

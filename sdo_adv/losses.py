@@ -33,7 +33,3 @@ def success(logits: Tensor, labels: Tensor, targeted: bool) -> Tensor:
     pred = logits.argmax(1)
     return pred == labels if targeted else pred != labels
 
-
-def per_sample_l2(a: Tensor, b: Tensor) -> Tensor:
-    """``(B,)`` Euclidean distance between image batches."""
-    return (a - b).flatten(1).norm(dim=1)
