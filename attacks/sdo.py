@@ -195,7 +195,7 @@ class SDOAttack(Attack):
         done = torch.zeros(n, dtype=torch.bool, device=gen.device)
         history: list[float] = []
         seconds: list[float] = []
-        trajectory = self._picard.init_trajectory(z0, start) if self._picard else None
+        trajectory = self._picard.init_trajectory(z0, start, cond) if self._picard else None
         bar = tqdm(total=self.steps + 1, desc="SDOAttack", unit="it", disable=not self.progress)
         for it in range(self.steps + 1):
             active = (~done).nonzero().squeeze(1) if self.early_stop else torch.arange(n, device=gen.device)
@@ -212,7 +212,8 @@ class SDOAttack(Attack):
                 ok = success(logits, goal[active], self.targeted)
                 seen, seen_ok = adv.detach(), ok
                 if self._picard is not None:
-                    seen, seen_ok = self._exact(z, cond_a, start, ok | last, seen, ok, goal[active], (c, h, w))
+                    seen, seen_ok = self._exact(z, cond_a, start, ok | last, seen, ok, goal[active], (c, h, w),
+                                                trajectory, active)
                 l2 = metrics.l2(seen, images[active])
                 improved = seen_ok & (l2 < best_l2[active])
                 fallback = ~done[active] & ~seen_ok
@@ -276,14 +277,17 @@ class SDOAttack(Attack):
 
     @torch.no_grad()
     def _exact(self, z: Tensor, cond: Condition | None, start: int, check: Tensor, adv: Tensor,
-               ok: Tensor, goal: Tensor, shape: tuple[int, int, int]) -> tuple[Tensor, Tensor]:
-        """Replace the ``check`` samples' images and success by those of an exact sequential pass."""
+               ok: Tensor, goal: Tensor, shape: tuple[int, int, int], trajectory: Trajectory,
+               active: Tensor) -> tuple[Tensor, Tensor]:
+        """Replace the ``check`` samples' images and success by those of an exact sequential
+        pass, whose trajectory also replaces theirs in ``trajectory``."""
         idx = check.nonzero().squeeze(1)
         adv, ok = adv.clone(), ok.clone()
         if idx.numel():
             cond_c = cond.replace(cond.embeds.detach()).select(idx) if cond is not None else None
-            exact = self.generator.sample(z.detach()[idx], cond=cond_c, estimator="skip", start=start)
-            adv[idx] = to_model_input(exact, shape[0], shape[1:])
+            exact = self._picard.init_trajectory(z.detach()[idx], start, cond_c)
+            trajectory.states[:, active[idx]] = exact.states
+            adv[idx] = to_model_input(self.generator.decode(exact.states[-1]), shape[0], shape[1:])
             ok[idx] = success(self.get_logits(adv[idx]), goal[idx], self.targeted)
         return adv, ok
 

@@ -156,9 +156,12 @@ def main() -> None:
     if args.estimator:
         print(json.dumps(measure(args)))
         return
-    rows = []
+    config = {k: v for k, v in vars(args).items() if k not in ("estimator", "T", "out")}
+    rows = resumed_rows(args.out, config)
     for T in [int(v) for v in args.steps.split(",")]:
         for est in args.estimators.split(","):
+            if any(r["estimator"] == est and r["T"] == T for r in rows):
+                continue
             cmd = [sys.executable, __file__, "--estimator", est, "--T", str(T), "--batch", str(args.batch),
                    "--repeats", str(args.repeats), "--threads", str(args.threads), "--device", args.device,
                    "--guidance", str(args.guidance)] + (["--embedded"] if args.embedded else [])
@@ -171,14 +174,33 @@ def main() -> None:
                   f"{row['ratio_max']:.3f}]  iter {row['iteration_s']:.3f}s  extra peak "
                   f"{row['extra_peak_bytes'] / 2**20:8.1f} MiB  graph {row['graph_bytes'] / 2**20:8.1f} MiB  "
                   f"calls {row['calls']}", flush=True)
+            write(args.out, config, rows)
+    write(args.out, config, rows)
+
+
+def resumed_rows(out: Path | None, config: dict) -> list[dict]:
+    """Rows already measured by an interrupted run with the same settings (a checkpoint)."""
+    if out is None or not out.exists():
+        return []
+    previous = json.loads(out.read_text())
+    if previous.get("config") != json.loads(json.dumps(config, default=str)):
+        return []
+    print(f"resuming {out}: {len(previous['rows'])} rows already measured", flush=True)
+    return previous["rows"]
+
+
+def write(out: Path | None, config: dict, rows: list[dict]) -> None:
+    """Write the results so far atomically, so an interrupted run resumes from them."""
+    if out is None:
+        return
     result = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
-                          "cpu_count": os.cpu_count(), "threads": args.threads, "device": args.device,
+                          "cpu_count": os.cpu_count(), "threads": config["threads"], "device": config["device"],
                           "torch": torch.__version__},
-              "config": {k: v for k, v in vars(args).items() if k not in ("estimator", "T", "out")},
-              "rows": rows}
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2, default=str))
+              "config": config, "rows": rows}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2, default=str))
+    os.replace(tmp, out)
 
 
 if __name__ == "__main__":

@@ -1,17 +1,25 @@
 """Picard (parallel-in-time) sampling with a warm start, for any gradient estimator.
 
-The deterministic DDIM sampler is the linear recurrence ``x_{k+1} = a_k x_k + b_k out(x_k, t_k)``
-(the scheduler's own ``step``). Given a guess of the whole trajectory ``x_0..x_n``, one sweep
-evaluates the network on all states in one batched call and rebuilds the trajectory from the
-start latent with the recurrence. After ``n`` sweeps the
-trajectory is exact; warm-started from the previous attack iteration's trajectory (the start
-latent moves little), one or two sweeps track it closely.
+The deterministic DDIM sampler maps state ``x_k`` to ``x_{k+1}`` with the scheduler's own
+``step``. Given a guess of the whole trajectory ``x_0..x_n``, one sweep evaluates the network
+on all states in one batched call and rebuilds the trajectory from the start latent, holding
+each step's clean-image prediction ``x0_k`` fixed: ``x_{k+1} = c_k x_k + d_k x0_k`` with
+``c_k = sqrt((1 - abar_{k+1}) / (1 - abar_k)) < 1``. After ``n`` sweeps the trajectory is
+exact. Holding the clean-image prediction (not the noise prediction) fixed matters: a change
+of the start latent then propagates with the shrinking factor ``prod c_k``, and the sweeps
+converge monotonically; holding the noise prediction fixed propagates it with
+``prod sqrt(abar_{k+1} / abar_k)``, which overshoots (on the embedded digit model, one such
+sweep lands further from the exact trajectory than not updating at all, and two sweeps
+further still). Warm-started from the previous attack iteration's trajectory (the start
+latent moves little), the sweeps track the exact trajectory to within about one iteration's
+change.
 
-Gradients: after the sweeps, the output is rebuilt once more from the start latent, in the
-graph, with the estimator's plan: ``GRAPH`` / ``CHECKPOINT`` calls are re-evaluated at the
-rebuilt (differentiable) state, ``DETACHED`` calls use the last sweep's outputs. For ``sdo``
-(first step retained) that call is at the start latent itself, exactly as in the sequential
-sampler. Sequential network depth: sweeps + retained calls, instead of ``n``.
+Gradients: the output is rebuilt once more from the start latent, in the graph, with the
+estimator's plan, and each state's value is replaced by the refined one (a straight-through
+step), so ``GRAPH`` / ``CHECKPOINT`` calls are evaluated at the refined states and the
+gradient follows the estimator exactly as in the sequential sampler. For ``sdo`` (first step
+retained) that call is at the start latent itself. Sequential network depth per iteration:
+sweeps + retained calls, instead of ``n``.
 """
 from __future__ import annotations
 
@@ -35,6 +43,11 @@ class Trajectory:
     sweeps: int = 0
     residual: float = float("inf")
 
+    @classmethod
+    def constant(cls, latent: Tensor, n: int, start: int) -> "Trajectory":
+        """A cold-start guess: all ``n + 1`` states equal to ``latent``."""
+        return cls(latent.detach().expand(n + 1, *latent.shape).clone(), start)
+
     def select(self, index: Tensor) -> "Trajectory":
         return Trajectory(self.states[:, index], self.start, self.sweeps, self.residual)
 
@@ -55,17 +68,21 @@ class PicardSampler:
             raise ValueError(f"Picard sampling needs the ddim sampler, not {type(generator.scheduler).__name__}")
         if sweeps < 1:
             raise ValueError(f"sweeps must be >= 1, got {sweeps}")
+        if max_batch is not None and max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.generator, self.sweeps, self.tol, self.max_batch = generator, int(sweeps), tol, max_batch
 
-    def init_trajectory(self, latent: Tensor, start: int) -> Trajectory:
-        """The cold-start guess: every state equal to the start latent."""
+    def init_trajectory(self, latent: Tensor, start: int, cond: Condition | None) -> Trajectory:
+        """The exact trajectory from ``latent``: windows of one step, i.e. ``n`` sequential
+        network calls of ``B`` images, the cost of one sequential sampling pass."""
         n = self.generator.num_inference_steps - start
-        return Trajectory(latent.detach().expand(n + 1, *latent.shape).clone(), start)
+        return self.refine(latent, Trajectory.constant(latent, n, start), cond, sweeps=n, window=1)
 
     @torch.no_grad()
-    def refine(self, latent: Tensor, trajectory: Trajectory, cond: Condition | None) -> tuple[Trajectory, Tensor]:
-        """Run the sweeps from ``trajectory`` with the new start ``latent``; return the refined
-        trajectory and the network outputs ``(n, B, C, h, w)`` of the last sweep.
+    def refine(self, latent: Tensor, trajectory: Trajectory, cond: Condition | None,
+               sweeps: int | None = None, window: int | None = None) -> Trajectory:
+        """Run at most ``sweeps`` sweeps (default: the sampler's) from ``trajectory`` with the
+        new start ``latent``, ``window`` steps per network call (default: from ``max_batch``).
 
         After a sweep whose window starts at step ``first``, states up to ``first + 1`` are
         exact; with ``tol``, the following states whose update fell below it count as
@@ -73,24 +90,26 @@ class PicardSampler:
         sched = self.generator.trajectory_scheduler(latent.device)
         ts = sched.timesteps[trajectory.start:]
         n, batch = len(ts), latent.shape[0]
+        sweeps = self.sweeps if sweeps is None else sweeps
+        if window is None:
+            window = n if self.max_batch is None else max(1, min(n, self.max_batch // batch))
         states = trajectory.states.clone()
         states[0] = latent.detach()
-        outputs = torch.zeros_like(states[:-1])
-        window = n if self.max_batch is None else max(1, min(n, self.max_batch // batch))
-        first, residual, sweeps = 0, float("inf"), 0
-        while sweeps < self.sweeps and first < n:
+        first, residual, done = 0, float("inf"), 0
+        while done < sweeps and first < n:
             last = min(n, first + window)
-            outputs[first:last] = self._batched_outputs(states[first:last], ts[first:last], cond)
-            new = rebuild(sched, ts, states[first], outputs, first)
-            change = (new - states[first:]).flatten(2).norm(dim=2) / states[first:].flatten(2).norm(dim=2).clamp_min(1e-12)
+            outputs = self._batched_outputs(states[first:last], ts[first:last], cond)
+            new = rebuild(sched, ts[first:last], states[first:last], outputs)
+            old = states[first:last + 1]
+            change = (new - old).flatten(2).norm(dim=2) / old.flatten(2).norm(dim=2).clamp_min(1e-12)
             per_state = change.amax(1)
-            residual, sweeps = per_state.max().item(), sweeps + 1
-            states[first:] = new
+            residual, done = per_state.max().item(), done + 1
+            states[first:last + 1] = new
             converged = per_state[2:] <= self.tol if self.tol is not None else per_state[2:] < 0
             first += 1 + int(converged.long().cumprod(0).sum())
             if self.tol is not None and residual <= self.tol:
                 break
-        return Trajectory(states, trajectory.start, sweeps, residual), outputs
+        return Trajectory(states, trajectory.start, done, residual)
 
     def _batched_outputs(self, states: Tensor, ts: Tensor, cond: Condition | None) -> Tensor:
         """Network outputs for ``states`` ``(m, B, ...)`` at timesteps ``ts`` ``(m,)`` in one call."""
@@ -104,24 +123,51 @@ class PicardSampler:
     def sample(self, latent: Tensor, *, cond: Condition | None = None, estimator: str | Estimator = "sdo",
                start: int = 0, trajectory: Trajectory | None = None) -> tuple[Tensor, Trajectory]:
         """Images in [0, 1] from ``latent`` at schedule index ``start``, differentiable according
-        to ``estimator``, and the refined trajectory to warm-start the next call with."""
+        to ``estimator``, and the refined trajectory to warm-start the next call with. Without
+        a usable ``trajectory`` the exact one is computed (:meth:`init_trajectory`)."""
         estimator = parse_estimator(estimator)
         if trajectory is None or trajectory.states.shape[1:] != latent.shape or trajectory.start != start:
-            trajectory = self.init_trajectory(latent, start)
-        trajectory, outputs = self.refine(latent, trajectory, cond)
+            trajectory = self.init_trajectory(latent, start, cond)
+        else:
+            trajectory = self.refine(latent, trajectory, cond)
         sched = self.generator.trajectory_scheduler(latent.device)
         ts = sched.timesteps[start:]
         x = latent
         for k, mode in enumerate(estimator.plan(len(ts))):
-            out = outputs[k] if mode is CallMode.DETACHED else self.generator._network_call(x, ts[k], cond, mode)
+            # a detached output sets only the value, which the refined state replaces below
+            out = torch.zeros_like(x) if mode is CallMode.DETACHED else \
+                self.generator._network_call(x, ts[k], cond, mode)
             x = sched.step(out, ts[k], x).prev_sample
+            x = x + (trajectory.states[k + 1] - x).detach()
         return self.generator.decode(x), trajectory
 
 
-def rebuild(sched, ts: Tensor, x: Tensor, outputs: Tensor, first: int) -> Tensor:
-    """States ``first..n`` from state ``x`` at step ``first`` and fixed network ``outputs``,
-    with the scheduler's own (linear) step: ``(n - first + 1, B, ...)``."""
-    states = [x]
-    for k in range(first, len(ts)):
-        states.append(sched.step(outputs[k], ts[k], states[-1]).prev_sample)
+def output_for(sched, clean: Tensor, x: Tensor, t: Tensor) -> Tensor:
+    """The network output (in the scheduler's ``prediction_type``) that predicts the clean
+    image ``clean`` from state ``x`` at timestep ``t``."""
+    abar = sched.alphas_cumprod[t]
+    # the scheduler's own arithmetic (its dtype), so that its step recovers ``clean`` exactly
+    signal, noise = (abar ** 0.5).to(x.device), ((1 - abar) ** 0.5).to(x.device)
+    if sched.config.prediction_type == "sample":
+        return clean
+    eps = (x - signal * clean) / noise
+    if sched.config.prediction_type == "epsilon":
+        return eps
+    if sched.config.prediction_type == "v_prediction":
+        return signal * eps - noise * clean
+    raise NotImplementedError(f"prediction_type {sched.config.prediction_type!r} is not supported")
+
+
+def rebuild(sched, ts: Tensor, at: Tensor, outputs: Tensor) -> Tensor:
+    """States from ``at[0]`` over the steps ``ts`` ``(m,)``, given the network ``outputs``
+    ``(m, B, ...)`` evaluated at the states ``at`` ``(m, B, ...)``, through the scheduler's own
+    step: ``(m + 1, B, ...)``. Each later step holds its output's clean-image prediction fixed;
+    the first, at the very state its output was evaluated at, uses the output as it is."""
+    states = [at[0]]
+    for k in range(len(ts)):
+        out = outputs[k]
+        if k:
+            clean = sched.step(out, ts[k], at[k]).pred_original_sample
+            out = output_for(sched, clean, states[-1], ts[k])
+        states.append(sched.step(out, ts[k], states[-1]).prev_sample)
     return torch.stack(states)
