@@ -1,8 +1,10 @@
 """Attack quality per gradient estimator (and sampler) on held-out embedded digits.
 
 For each configuration: success rate after each iteration and against wall-clock seconds,
-final fidelity (L2, SSIM) of the successful images, and transfer success to the embedded
-second-architecture and adversarially trained classifiers. Untargeted, against
+final fidelity (L2, SSIM) of the successful images, transfer success to the embedded
+second-architecture and adversarially trained classifiers, and network calls per iteration
+of the sampler (its sequential depth) and the images they evaluate, and all network calls
+per iteration (inversion and Picard's exact checks included). Untargeted, against
 ``sdo-adv:digits-resnet18``, SDOAttack defaults unless overridden.
 
     python benchmarks/attack_quality.py --configs sdo,skip,full --n 200 --out results.json
@@ -45,7 +47,27 @@ def run(config: str, n: int, batch: int, steps: int, seed: int) -> dict:
     images, labels = load_digits(n)
     model = load_classifier(TARGET)
     others = {spec: load_classifier(spec) for spec in TRANSFER}
-    attack = SDOAttack(model, load_generator("sdo-adv:digits"), steps=steps, **parse_config(config))
+    gen = load_generator("sdo-adv:digits")
+    attack = SDOAttack(model, gen, steps=steps, **parse_config(config))
+    calls = {"all": 0, "sampler": 0, "sampler_images": 0, "iterations": 0}
+    inside = [False]
+
+    def count(module, inputs, output) -> None:
+        calls["all"] += 1
+        if inside[0]:
+            calls["sampler"] += 1
+            calls["sampler_images"] += inputs[0].shape[0]
+
+    def counted_sample(*args, **kwargs):
+        inside[0] = True
+        calls["iterations"] += 1
+        try:
+            return sample(*args, **kwargs)
+        finally:
+            inside[0] = False
+
+    gen.unet.register_forward_hook(count)
+    sample, attack._sample = attack._sample, counted_sample
     history, seconds, adv, success = [], [], [], []
     for i in range(0, n, batch):
         out = attack(images[i:i + batch], labels[i:i + batch])
@@ -70,6 +92,11 @@ def run(config: str, n: int, batch: int, steps: int, seed: int) -> dict:
         "mean_l2": l2(adv, images)[success].mean().item() if success.any() else None,
         "mean_ssim": ssim(adv, images)[success].mean().item() if success.any() else None,
         "transfer_success": transfer,
+        # per attack iteration: network calls (sequential depth) and images evaluated by the
+        # sampler, and all calls including inversion and Picard's exact checks
+        "sampler_calls_per_iteration": calls["sampler"] / calls["iterations"],
+        "sampler_images_per_iteration": calls["sampler_images"] / calls["iterations"],
+        "all_calls_per_iteration": calls["all"] / calls["iterations"],
         "iterations_to_90": next((t for t, s in enumerate(curve) if s >= 0.9), None),
         "seconds_to_90": next((times[t] for t, s in enumerate(curve) if s >= 0.9), None),
     }
@@ -86,8 +113,14 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    settings = {k: v for k, v in vars(a).items() if k not in ("out", "configs")}
     rows = []
+    if a.out and a.out.exists() and json.loads(a.out.read_text()).get("settings") == settings:
+        rows = [r for r in json.loads(a.out.read_text())["rows"] if r["config"] in a.configs.split(",")]
+        print(f"resuming {a.out}: {', '.join(r['config'] for r in rows)} already measured", flush=True)
     for config in a.configs.split(","):
+        if any(r["config"] == config for r in rows):
+            continue
         t0 = time.perf_counter()
         row = run(config, a.n, a.batch, a.steps, a.seed)
         row["wall_s"] = time.perf_counter() - t0
@@ -100,9 +133,11 @@ def main() -> None:
         if a.out:
             result = {"machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                                   "threads": a.threads, "torch": torch.__version__},
-                      "config": vars(a) | {"out": str(a.out)}, "rows": rows}
+                      "config": vars(a) | {"out": str(a.out)}, "settings": settings, "rows": rows}
             a.out.parent.mkdir(parents=True, exist_ok=True)
-            a.out.write_text(json.dumps(result, indent=2))
+            tmp = a.out.with_suffix(".tmp")
+            tmp.write_text(json.dumps(result, indent=2))
+            os.replace(tmp, a.out)
 
 
 if __name__ == "__main__":

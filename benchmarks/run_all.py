@@ -102,10 +102,11 @@ def table(results: dict) -> str:
     lines.append("gradient fidelity (latent cosine to exact):")
     for r in results["gradient_fidelity"]["rows"]:
         lines.append(f"  depth {r['depth']:.2f} {r['estimator']:12s} {r['latent']['cosine']:.4f}")
-    lines.append("attack quality (final success, iterations / seconds to 90%):")
+    lines.append("attack quality (final success, iterations / seconds to 90%, network calls / images per iteration):")
     for r in results["attack_quality"]["rows"]:
         lines.append(f"  {r['config']:16s} {r['final_success']:.3f}  {r['iterations_to_90']}  "
-                     f"{r['seconds_to_90'] if r['seconds_to_90'] is None else round(r['seconds_to_90'], 1)}")
+                     f"{r['seconds_to_90'] if r['seconds_to_90'] is None else round(r['seconds_to_90'], 1)}  "
+                     f"{r['sampler_calls_per_iteration']:.1f} / {r['sampler_images_per_iteration']:.0f}")
     return "\n".join(lines)
 
 
