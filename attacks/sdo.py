@@ -28,6 +28,8 @@ class AttackResult:
     """Per-sample record of the last :class:`SDOAttack` call (all tensors ``(B,)``, on CPU).
 
     ``iterations``: iteration at which the returned image was found (-1 if never successful);
+    ``failure``: None, or why optimizing the sample stopped early (a NaN or inf loss or
+    gradient; the sample keeps its last finite image and counts as unsuccessful);
     ``history``: fraction of the batch successful after each iteration, ``seconds``: wall-clock
     seconds since the attack started at each of those points; ``latent``: the start
     latents ``(B, C, h, w)`` at schedule index ``start`` whose exact sequential samples are
@@ -44,6 +46,7 @@ class AttackResult:
     reconstruction_error: Tensor
     latent: Tensor
     start: int
+    failure: list[str | None] = field(default_factory=list)
     history: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
 
@@ -137,7 +140,8 @@ class SDOAttack(Attack):
         self.last_result: AttackResult | None = None
 
     # ---- checks before any sampling ---------------------------------------------------------
-    def _validate(self, images: Tensor, labels: Tensor, clean_logits: Tensor) -> None:
+    def _validate(self, images: Tensor, labels: Tensor, clean_logits: Tensor) -> Tensor:
+        """Check the labels (and warn about a channel conversion); return them as int64."""
         check_labels(labels, images.shape[0], clean_logits.shape[1])
         n_gen = self.generator.num_classes
         if self.generator.class_conditional and n_gen is not None and labels.max() >= n_gen:
@@ -147,6 +151,7 @@ class SDOAttack(Attack):
             warnings.warn(f"images have {images.shape[1]} channels and the generator "
                           f"{self.generator.image_channels}: converting explicitly "
                           "(gray->RGB by repetition, RGB->gray by luma)", stacklevel=3)
+        return labels.long()
 
     def _condition(self, labels: Tensor) -> Condition | None:
         prompts = self.prompts(labels) if callable(self.prompts) else self.prompts
@@ -167,10 +172,11 @@ class SDOAttack(Attack):
         labels = labels.to(gen.device) if isinstance(labels, Tensor) else labels
         with torch.no_grad():
             clean_logits = self.get_logits(images)
-        self._validate(images, labels, clean_logits)
-        goal = self.get_target_label(images, labels).to(gen.device) if self.targeted else labels
+        labels = self._validate(images, labels, clean_logits)
+        goal = self.get_target_label(images, labels) if self.targeted else labels
         if self.targeted:
             check_labels(goal, images.shape[0], clean_logits.shape[1], name="target labels")
+            goal = goal.to(gen.device).long()
 
         c, h, w = images.shape[1:]
         cond = self._condition(labels)
@@ -193,14 +199,16 @@ class SDOAttack(Attack):
         best_z = z0.clone()
         found_at = torch.full((n,), -1, dtype=torch.long, device=gen.device)
         done = torch.zeros(n, dtype=torch.bool, device=gen.device)
+        failure: list[str | None] = [None] * n
+        failed = torch.zeros(n, dtype=torch.bool, device=gen.device)
         history: list[float] = []
         seconds: list[float] = []
         trajectory = self._picard.init_trajectory(z0, start, cond) if self._picard else None
         bar = tqdm(total=self.steps + 1, desc="SDOAttack", unit="it", disable=not self.progress)
         for it in range(self.steps + 1):
-            active = (~done).nonzero().squeeze(1) if self.early_stop else torch.arange(n, device=gen.device)
+            active = (~(done | failed) if self.early_stop else ~failed).nonzero().squeeze(1)
             if active.numel() == 0:
-                history.extend([1.0] * (self.steps + 1 - it))
+                history.extend([done.float().mean().item()] * (self.steps + 1 - it))
                 seconds.extend([seconds[-1]] * (self.steps + 1 - it))
                 break
             last = it == self.steps
@@ -216,7 +224,7 @@ class SDOAttack(Attack):
                                                 trajectory, active)
                 l2 = metrics.l2(seen, images[active])
                 improved = seen_ok & (l2 < best_l2[active])
-                fallback = ~done[active] & ~seen_ok
+                fallback = ~done[active] & ~seen_ok & torch.isfinite(seen).flatten(1).all(1)
                 best[active[improved | fallback]] = seen[improved | fallback]
                 best_z[active[improved | fallback]] = z.detach()[improved | fallback]
                 best_l2[active[improved]] = l2[improved]
@@ -231,18 +239,25 @@ class SDOAttack(Attack):
                 mse = (adv - images[active]).flatten(1).pow(2).mean(1)
                 objective = attack_loss(logits, goal[active], self.loss, self.targeted, self.kappa)
                 objective = objective + self.fidelity * mse
-                if self.early_stop:
-                    objective = objective[~seen_ok]
-                if objective.numel():
+                train = ~seen_ok if self.early_stop else torch.ones_like(seen_ok)
+                broken = train & ~torch.isfinite(objective.detach())
+                self._fail(active[broken], f"non-finite loss at iteration {it}", failure, failed)
+                train &= ~broken
+                if train.any():
                     opt.zero_grad(set_to_none=True)
-                    objective.sum().backward()
+                    objective[train].sum().backward()
+                    broken = train & ~self._finite_gradients(delta, cond_delta, active)
+                    self._fail(active[broken], f"non-finite gradient at iteration {it}", failure, failed)
+                    for v in (delta, cond_delta):
+                        if v is not None and v.grad is not None:
+                            v.grad[active[broken]] = 0
                     opt.step()
                     self._project(delta, cond_delta)
         bar.close()
         out = best.to(device=in_device, dtype=in_dtype)
         with torch.no_grad():
             adv_logits = self.get_logits(out.to(device=gen.device, dtype=work))
-        final_success = success(adv_logits, goal, self.targeted)
+        final_success = success(adv_logits, goal, self.targeted) & ~failed
         returned = out.to(device=gen.device, dtype=work)
         self.last_result = AttackResult(
             success=final_success.cpu(), iterations=torch.where(final_success, found_at, -1).cpu(),
@@ -250,7 +265,8 @@ class SDOAttack(Attack):
             linf=metrics.linf(returned, images).cpu(),
             clean_pred=clean_logits.argmax(1).cpu(), adv_pred=adv_logits.argmax(1).cpu(),
             target=goal.cpu() if self.targeted else None,
-            reconstruction_error=inversion.error.cpu(), latent=best_z.cpu(), start=start, history=history,
+            reconstruction_error=inversion.error.cpu(), latent=best_z.cpu(), start=start, failure=failure,
+            history=history,
             seconds=seconds)
         return out
 
@@ -290,6 +306,22 @@ class SDOAttack(Attack):
             adv[idx] = to_model_input(self.generator.decode(exact.states[-1]), shape[0], shape[1:])
             ok[idx] = success(self.get_logits(adv[idx]), goal[idx], self.targeted)
         return adv, ok
+
+    @staticmethod
+    def _fail(index: Tensor, reason: str, failure: list[str | None], failed: Tensor) -> None:
+        """Stop optimizing the samples at ``index``, recording why."""
+        for i in index.tolist():
+            failure[i] = reason
+        failed[index] = True
+
+    @staticmethod
+    def _finite_gradients(delta: Tensor, cond_delta: Tensor | None, active: Tensor) -> Tensor:
+        """``(len(active),)`` bool: every gradient entry of the active samples is finite."""
+        ok = torch.ones(active.numel(), dtype=torch.bool, device=active.device)
+        for v in (delta, cond_delta):
+            if v is not None and v.grad is not None:
+                ok &= torch.isfinite(v.grad[active].flatten(1)).all(1)
+        return ok
 
     @torch.no_grad()
     def _project(self, *variables: Tensor | None) -> None:

@@ -1,6 +1,7 @@
 """``sdo-adv attack``: attack a dataset into a resumable output folder."""
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -86,11 +87,16 @@ def resolve_options(ctx: click.Context, values: dict[str, Any]) -> dict[str, Any
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
 @click.option("--seed", default=0, show_default=True, type=int, help="Per-image seeds derive from it and the image.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="[default: cuda when available]")
+@click.option("--trust-pickle", is_flag=True,
+              help="Load checkpoints that need arbitrary unpickling (it can run code): trusted files only.")
 @click.option("--config", type=click.Path(exists=True, dir_okay=False),
               help="YAML or TOML file of option values (keys as the option names); command-line options win.")
 @click.pass_context
 def attack(ctx: click.Context, **values: Any) -> None:
-    """Attack a dataset with SDOAttack: adversarial PNGs, manifest.jsonl, report.md, grid.png, run.json."""
+    """Attack a dataset with SDOAttack: adversarial PNGs, manifest.jsonl, report.md, grid.png, run.json.
+
+    Runs unchanged under `torchrun --nproc_per_node N` or `accelerate launch`: each process
+    takes a fixed shard of the pending images; the manifests are merged at the end."""
     from sdo_adv.runs import AttackRun, RunError
 
     options = resolve_options(ctx, values)
@@ -98,9 +104,41 @@ def attack(ctx: click.Context, **values: Any) -> None:
         run = AttackRun(options, notice=lambda message: click.echo(message, err=True))
     except RunError as err:
         raise click_error(err) from err
-    s = run.execute()
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        s = run.execute()
+    except KeyboardInterrupt:
+        raise click.ClickException(f"interrupted: every finished image is in {run.out}; run the same command "
+                                   "again to resume") from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if s is not None:
+        echo_summary(s)
+        click.echo(f"wrote {run.out}: manifest.jsonl, report.md, grid.png, run.json and the PNGs")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def echo_summary(s: dict[str, Any]) -> None:
+    """One line of a run's summary (see :meth:`sdo_adv.runs.RunOutputs.summary`)."""
     fmt = lambda v, f: "n/a" if v is None else format(v, f)  # noqa: E731
     click.echo(f"success {fmt(s['success_rate'], '.0%')} of {s['n']} images | mean L2 {fmt(s['mean_l2'], '.3f')} "
                f"| mean SSIM {fmt(s['mean_ssim'], '.3f')} | {fmt(s['seconds_per_image'], '.2f')} s/image "
-               f"| skipped {len(s['skipped'])}")
-    click.echo(f"wrote {run.out}: manifest.jsonl, report.md, grid.png, run.json and the PNGs")
+               f"| failed {len(s['failed'])} | skipped {len(s['skipped'])}")
+
+
+@click.command()
+@click.argument("out", type=click.Path(exists=True, file_okay=False))
+def merge(out: str) -> None:
+    """Merge the per-rank manifests of a sharded attack in OUT (after a crash) and rewrite its report and grid."""
+    from sdo_adv.runs import RunError, RunOutputs
+
+    try:
+        outputs = RunOutputs.from_folder(out)
+    except RunError as err:
+        raise click_error(err) from err
+    outputs.merge()
+    echo_summary(outputs.write())
+    click.echo(f"merged {out}/manifest.jsonl; wrote report.md and grid.png")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from sdo_adv.cli.attack import attack
+from sdo_adv.cli.attack import attack, merge
 from sdo_adv.cli.evaluate import evaluate
 
 
@@ -71,6 +71,7 @@ def models() -> None:
 
 
 main.add_command(attack)
+main.add_command(merge)
 main.add_command(evaluate)
 
 if __name__ == "__main__":

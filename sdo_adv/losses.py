@@ -29,7 +29,8 @@ def attack_loss(logits: Tensor, labels: Tensor, kind: str = "cw", targeted: bool
 
 
 def success(logits: Tensor, labels: Tensor, targeted: bool) -> Tensor:
-    """``(B,)`` bool: prediction equals the target (targeted) or differs from the label."""
+    """``(B,)`` bool: prediction equals the target (targeted) or differs from the label; never
+    for logits with a NaN or inf."""
     pred = logits.argmax(1)
-    return pred == labels if targeted else pred != labels
+    return (pred == labels if targeted else pred != labels) & torch.isfinite(logits).all(1)
 

@@ -6,7 +6,9 @@ success, fidelity) is measured on the PNG as re-read, not on the float tensor.
 
 Output folder: one PNG per item, ``manifest.jsonl`` (one JSON row per finished item, append
 only, so a re-run resumes), ``report.md``, ``grid.png`` and ``run.json`` (resolved options and
-package versions).
+package versions). Under ``torchrun`` / ``accelerate launch`` each rank attacks a fixed shard
+and appends to ``manifest.rank<r>.jsonl``; rank 0 merges the parts into ``manifest.jsonl`` at
+the end (``sdo-adv merge`` does it after a crash).
 """
 from __future__ import annotations
 
@@ -32,17 +34,19 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from . import metrics
+from .distributed import Process, current_process
 from .estimators import parse_estimator
 from .imaging import convert_channels, resize
 from .loading import load_classifier, load_generator
 from .reporting import save_grid, to_uint8
 
 MANIFEST, REPORT, GRID, RUN = "manifest.jsonl", "report.md", "grid.png", "run.json"
+PART_GLOB = "manifest.rank*.jsonl"
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 RESERVED_NAMES = frozenset({GRID, "evaluation.png"})
 TARGET_MODES = ("random", "least-likely", "next")
 # Options that may differ when a run is resumed: they do not change any item's result.
-RESUME_FREE = ("batch_size", "device", "config")
+RESUME_FREE = ("batch_size", "device", "config", "trust_pickle")
 VERSIONED = ("torch", "diffusers", "timm", "torchattacks", "robustbench", "sdo-adv")
 GRID_ITEMS = 16
 
@@ -281,6 +285,34 @@ class Manifest:
         self.rows[row["source"]] = row
 
 
+def part_path(out: Path, rank: int) -> Path:
+    """Rank ``rank``'s manifest part in a multi-process run."""
+    return out / f"manifest.rank{rank}.jsonl"
+
+
+def finished_rows(out: Path) -> dict[str, dict[str, Any]]:
+    """Rows of every finished item in ``out``: ``manifest.jsonl`` and any ranks' parts."""
+    rows: dict[str, dict[str, Any]] = {}
+    for path in [out / MANIFEST, *sorted(out.glob(PART_GLOB))]:
+        rows.update(Manifest(path).rows)
+    return rows
+
+
+def merge_manifests(out: Path, order: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Fold the ranks' parts into ``manifest.jsonl``: each source once, in ``order`` (then any
+    other sources), written atomically before the parts are removed, so a crash at any point
+    loses nothing. Returns the merged rows."""
+    parts = sorted(out.glob(PART_GLOB))
+    rows = finished_rows(out)
+    if parts:
+        position = {source: i for i, source in enumerate(order)}
+        ranked = sorted(rows.values(), key=lambda r: position.get(r["source"], len(position)))
+        write_text(out / MANIFEST, "".join(json.dumps(r) + "\n" for r in ranked), durable=True)
+        for part in parts:
+            part.unlink()
+    return rows
+
+
 # ---- seeds, targets, small helpers ------------------------------------------------------------
 def item_seed(seed: int, source: str) -> int:
     """A 63-bit seed for one item, from the run seed and the item's source (not its batch)."""
@@ -321,6 +353,92 @@ def _fmt(value: float | None, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
+# ---- the run's outputs -----------------------------------------------------------------------------
+@dataclass
+class RunOutputs:
+    """The summary, ``report.md`` and ``grid.png`` of an output folder, from its manifest rows
+    (no models needed: ``sdo-adv merge`` writes them after a crash)."""
+
+    out: Path
+    dataset: Dataset
+    options: dict[str, Any]
+    size: tuple[int, int]
+    notices: list[str]
+    rows: dict[str, dict[str, Any]]
+
+    @classmethod
+    def from_folder(cls, out: str | Path) -> "RunOutputs":
+        """The outputs of the run recorded in ``out/run.json``, with the dataset re-read."""
+        out = Path(out)
+        if not (out / RUN).is_file():
+            raise RunError(f"{out} holds no {RUN}: not an sdo-adv attack output folder", "out")
+        info = json.loads((out / RUN).read_text())
+        o = info["config"]
+        return cls(out, read_dataset(o["input"], o["labels"]), o, tuple(info["dataset"]["image_size"]),
+                   info.get("notices", []), finished_rows(out))
+
+    def merge(self) -> None:
+        """Fold the ranks' manifest parts into ``manifest.jsonl`` (see :func:`merge_manifests`)."""
+        self.rows = merge_manifests(self.out, [it.source for it in self.dataset.items])
+
+    def ordered(self) -> list[dict[str, Any]]:
+        """Manifest rows of the dataset's items, in dataset order."""
+        return [self.rows[it.source] for it in self.dataset.items if it.source in self.rows]
+
+    def summary(self) -> dict[str, Any]:
+        """Totals over the manifest: ``n``, ``success_rate``, ``clean_accuracy``, fidelity means
+        over the successful images (``mean_l2``, ``mean_linf``, ``mean_ssim``, ``mean_psnr``),
+        ``seconds_per_image``, ``failed`` (source -> reason: non-finite loss or gradient) and
+        ``skipped`` (source -> reason)."""
+        rows = self.ordered()
+        ok = [r for r in rows if r["success"]]
+        return {"n": len(rows), "success_rate": len(ok) / len(rows) if rows else None,
+                "clean_accuracy": mean([float(r["pred_before"] == r["label"]) for r in rows]),
+                **{f"mean_{k}": mean([r[k] for r in ok]) for k in ("l2", "linf", "ssim", "psnr")},
+                "seconds_per_image": mean([r["seconds"] for r in rows]),
+                "failed": {r["source"]: r["failure"] for r in rows if r.get("failure")},
+                "skipped": dict(self.dataset.skipped)}
+
+    def write(self) -> dict[str, Any]:
+        """Write ``report.md`` and ``grid.png``; return the summary."""
+        s = self.summary()
+        self._write_report(s)
+        self._write_grid(s)
+        return s
+
+    def _write_report(self, s: dict[str, Any]) -> None:
+        o = self.options
+        rule = ("prediction equals the target" if o["targeted"] else "prediction differs from the label")
+        lines = [f"# sdo-adv attack: {o['classifier']} through {o['generator']}", "",
+                 "| images | success rate | clean accuracy | mean L2 | mean L-inf | mean SSIM | mean PSNR (dB) "
+                 "| seconds / image |", "|---:|---:|---:|---:|---:|---:|---:|---:|",
+                 f"| {s['n']} | {_fmt(s['success_rate'], '.1%')} | {_fmt(s['clean_accuracy'], '.1%')} "
+                 f"| {_fmt(s['mean_l2'], '.3f')} | {_fmt(s['mean_linf'], '.3f')} | {_fmt(s['mean_ssim'], '.3f')} "
+                 f"| {_fmt(s['mean_psnr'], '.2f')} | {_fmt(s['seconds_per_image'], '.2f')} |", "",
+                 f"Success is measured on the saved 8-bit PNGs ({rule}; targeted: {o['targeted'] or 'no'}). "
+                 f"Fidelity means are over the successful images, PNG against the original at "
+                 f"{self.size[0]}x{self.size[1]}. Gradient {o['gradient']}, {o['steps']} steps, lr {o['lr']}, "
+                 f"depth {o['depth']}, {o['num_inference_steps']} sampling steps, guidance "
+                 f"{o['guidance_scale']}, seed {o['seed']}; all settings in {RUN}.", "",
+                 f"## Failed images ({len(s['failed'])})", ""]
+        lines += [f"- `{src}`: {reason}" for src, reason in s["failed"].items()] or ["none"]
+        lines += ["", f"## Skipped files ({len(s['skipped'])})", ""]
+        lines += [f"- `{src}`: {reason}" for src, reason in s["skipped"].items()] or ["none"]
+        lines += ["", "## Notices", ""] + ([f"- {m}" for m in self.notices] or ["none"])
+        write_text(self.out / REPORT, "\n".join(lines) + "\n")
+
+    def _write_grid(self, s: dict[str, Any]) -> None:
+        rows = self.ordered()[:GRID_ITEMS]
+        if not rows:
+            return
+        by_source = {it.source: it for it in self.dataset.items}
+        originals = self.dataset.load([by_source[r["source"]] for r in rows], self.size)
+        adversarials = torch.stack([to_tensor(read_image(self.out / r["file"]), originals.shape[1]) for r in rows])
+        save_grid(originals, adversarials, [r["label"] for r in rows], [r["pred_after"] for r in rows],
+                  self.out / GRID, title=f"SDOAttack on {self.options['classifier']}: "
+                                         f"{_fmt(s['success_rate'], '.0%')} of {s['n']} successful")
+
+
 # ---- the attack run ------------------------------------------------------------------------------
 class AttackRun:
     """An attack over a dataset into an output folder, resumable from its manifest.
@@ -331,11 +449,14 @@ class AttackRun:
     ``config``); None for ``num_inference_steps`` / ``guidance_scale`` keeps the generator's
     stored values. Construction reads the data, loads the models and checks labels and
     targets, raising :class:`RunError` before any model compute; :meth:`execute` attacks.
+    Under ``torchrun`` / ``accelerate launch`` every rank runs the same command.
     """
 
-    def __init__(self, options: dict[str, Any], notice: Callable[[str], None] = print) -> None:
+    def __init__(self, options: dict[str, Any], notice: Callable[[str], None] = print,
+                 process: Process | None = None) -> None:
         from sdo_adv.attacks import SDOAttack
 
+        self.process = process or current_process(options["device"])
         self.notices: list[str] = []
         self._notice = notice
         try:
@@ -347,8 +468,10 @@ class AttackRun:
         self.dataset = read_dataset(o["input"], o["labels"])
         csv_targets = read_csv(Path(targeted), "target") if targeted not in (None, *TARGET_MODES) else None
 
-        self.device = torch.device(o["device"])
-        self.classifier = _load(lambda: load_classifier(o["classifier"], pretrained=True), "classifier").to(self.device).eval()
+        self.device = torch.device(self.process.device if o["device"] == "cuda" else o["device"])
+        self.classifier = _load(lambda: load_classifier(o["classifier"], pretrained=True,
+                                                        trust_pickle=bool(o.get("trust_pickle"))),
+                                "classifier").to(self.device).eval()
         gen_kwargs = {k: o[k] for k in ("num_inference_steps", "guidance_scale") if o[k] is not None}
         generator = _load(lambda: load_generator(o["generator"], **gen_kwargs), "generator").to(self.device)
         o["num_inference_steps"], o["guidance_scale"] = generator.num_inference_steps, generator.guidance_scale
@@ -375,7 +498,10 @@ class AttackRun:
         self.size = (generator.image_size, generator.image_size)
         self._data_notices(generator.image_channels)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.manifest = Manifest(self.out / MANIFEST)
+        self.outputs = RunOutputs(self.out, self.dataset, self.options, self.size, self.notices,
+                                  finished_rows(self.out))
+        self.manifest = Manifest(part_path(self.out, self.process.rank) if self.process.world > 1
+                                 else self.out / MANIFEST)
 
     # ---- checks before compute ----------------------------------------------------------------
     def _check_classes(self, targeted: str | None, csv_targets: dict[str, int] | None,
@@ -436,31 +562,53 @@ class AttackRun:
 
     def _say(self, message: str) -> None:
         self.notices.append(message)
-        self._notice(f"notice: {message}")
+        if self.process.rank == 0:
+            self._notice(f"notice: {message}")
 
     # ---- the attack ----------------------------------------------------------------------------
-    def execute(self, progress: bool = True) -> dict[str, Any]:
-        """Attack every item not yet in the manifest, then write report.md and grid.png; return
-        the summary (see :meth:`summary`)."""
-        self._write_run_file()
-        items, rows = self.dataset.items, self.manifest.rows
-        pending = [it for it in items if it.source not in rows]
+    def execute(self, progress: bool = True) -> dict[str, Any] | None:
+        """Attack this process's share of the items not yet finished, then (rank 0, once every
+        rank is done) merge the manifests and write report.md and grid.png; return the summary
+        (see :meth:`RunOutputs.summary`) on rank 0, None on the other ranks."""
+        items, done = self.dataset.items, self.outputs.rows
+        pending = [it for it in items if it.source not in done]
         if len(pending) < len(items):
             self._say(f"resuming: {len(items) - len(pending)} of {len(items)} items already in {MANIFEST}")
-        done = [rows[it.source] for it in items if it.source in rows]
-        n_ok, n_done = sum(r["success"] for r in done), len(done)
+        if self.process.world > 1:
+            self._say(f"{self.process.world} processes, each attacking one of every {self.process.world} pending items")
+        self.process.barrier()  # every rank has read the same finished items before any writes more
+        if self.process.rank == 0:
+            self._write_run_file()
+        mine = self.process.shard(pending)
+        n_ok = n_done = 0
         bs = self.options["batch_size"]
-        with tqdm(total=len(items), initial=n_done, desc="sdo-adv attack", unit="img", disable=not progress) as bar:
-            for start in range(0, len(pending), bs):
-                for row in self._attack_batch(pending[start:start + bs]):
+        with tqdm(total=len(mine), desc="sdo-adv attack", unit="img",
+                  disable=not progress or self.process.rank != 0) as bar:
+            start = 0
+            while start < len(mine):
+                batch = mine[start:start + bs]
+                try:
+                    rows = self._attack_batch(batch)
+                except torch.OutOfMemoryError:
+                    if bs == 1:
+                        raise
+                    bs //= 2
+                    self._say(f"out of memory with a batch of {len(batch)}: retrying with batches of {bs}")
+                    if torch.cuda.is_available():
+                        torch.cuda.empty_cache()
+                    continue
+                for row in rows:
                     self.manifest.append(row)
                     n_ok, n_done = n_ok + row["success"], n_done + 1
                     bar.set_postfix(success=f"{n_ok / n_done:.0%}")
                     bar.update()
-        summary = self.summary()
-        self._write_report(summary)
-        self._write_grid(summary)
-        return summary
+                start += len(batch)
+        self.process.barrier()
+        if self.process.rank != 0:
+            return None
+        self.outputs.rows = finished_rows(self.out)
+        self.outputs.merge()
+        return self.outputs.write()
 
     def _attack_batch(self, batch: list[Item]) -> list[dict[str, Any]]:
         start = time.perf_counter()
@@ -488,7 +636,7 @@ class AttackRun:
                  "target": None if target is None else int(target[i]),
                  "pred_before": int(result.clean_pred[i]), "pred_after": int(pred[i]),
                  "success": bool(success[i]), **{k: v[i] for k, v in fid.items()},
-                 "iterations": int(result.iterations[i]),
+                 "iterations": int(result.iterations[i]), "failure": result.failure[i],
                  "reconstruction_error": float(result.reconstruction_error[i]), "seconds": seconds}
                 for i, it in enumerate(batch)]
 
@@ -507,58 +655,14 @@ class AttackRun:
         self.attack.set_mode_targeted_by_function(lambda x, y: targets.to(y.device), quiet=True)
 
     # ---- outputs ---------------------------------------------------------------------------------
-    def _rows(self) -> list[dict[str, Any]]:
-        """Manifest rows of the dataset's items, in dataset order."""
-        return [self.manifest.rows[it.source] for it in self.dataset.items if it.source in self.manifest.rows]
-
-    def summary(self) -> dict[str, Any]:
-        """Totals over the manifest: ``n``, ``success_rate``, ``clean_accuracy``, fidelity means
-        over the successful images (``mean_l2``, ``mean_linf``, ``mean_ssim``, ``mean_psnr``),
-        ``seconds_per_image`` and ``skipped`` (source -> reason)."""
-        rows = self._rows()
-        ok = [r for r in rows if r["success"]]
-        return {"n": len(rows), "success_rate": len(ok) / len(rows) if rows else None,
-                "clean_accuracy": mean([float(r["pred_before"] == r["label"]) for r in rows]),
-                **{f"mean_{k}": mean([r[k] for r in ok]) for k in ("l2", "linf", "ssim", "psnr")},
-                "seconds_per_image": mean([r["seconds"] for r in rows]), "skipped": dict(self.dataset.skipped)}
-
     def _write_run_file(self) -> None:
         data = self.dataset
         info = {"config": self.options, "versions": versions(),
                 "dataset": {"kind": data.kind, "n_items": len(data.items), "n_skipped": len(data.skipped),
                             "channels": data.channels, "image_size": list(self.size),
-                            "num_classes": self.num_classes}}
+                            "num_classes": self.num_classes},
+                "notices": self.notices}
         write_text(self.out / RUN, json.dumps(info, indent=2) + "\n")
-
-    def _write_report(self, s: dict[str, Any]) -> None:
-        o = self.options
-        rule = ("prediction equals the target" if o["targeted"] else "prediction differs from the label")
-        lines = [f"# sdo-adv attack: {o['classifier']} through {o['generator']}", "",
-                 "| images | success rate | clean accuracy | mean L2 | mean L-inf | mean SSIM | mean PSNR (dB) "
-                 "| seconds / image |", "|---:|---:|---:|---:|---:|---:|---:|---:|",
-                 f"| {s['n']} | {_fmt(s['success_rate'], '.1%')} | {_fmt(s['clean_accuracy'], '.1%')} "
-                 f"| {_fmt(s['mean_l2'], '.3f')} | {_fmt(s['mean_linf'], '.3f')} | {_fmt(s['mean_ssim'], '.3f')} "
-                 f"| {_fmt(s['mean_psnr'], '.2f')} | {_fmt(s['seconds_per_image'], '.2f')} |", "",
-                 f"Success is measured on the saved 8-bit PNGs ({rule}; targeted: {o['targeted'] or 'no'}). "
-                 f"Fidelity means are over the successful images, PNG against the original at "
-                 f"{self.size[0]}x{self.size[1]}. Gradient {o['gradient']}, {o['steps']} steps, lr {o['lr']}, "
-                 f"depth {o['depth']}, {o['num_inference_steps']} sampling steps, guidance "
-                 f"{o['guidance_scale']}, seed {o['seed']}; all settings in {RUN}.", "",
-                 f"## Skipped files ({len(s['skipped'])})", ""]
-        lines += [f"- `{src}`: {reason}" for src, reason in s["skipped"].items()] or ["none"]
-        lines += ["", "## Notices", ""] + ([f"- {m}" for m in self.notices] or ["none"])
-        write_text(self.out / REPORT, "\n".join(lines) + "\n")
-
-    def _write_grid(self, s: dict[str, Any]) -> None:
-        rows = self._rows()[:GRID_ITEMS]
-        if not rows:
-            return
-        by_source = {it.source: it for it in self.dataset.items}
-        originals = self.dataset.load([by_source[r["source"]] for r in rows], self.size)
-        adversarials = torch.stack([to_tensor(read_image(self.out / r["file"]), originals.shape[1]) for r in rows])
-        save_grid(originals, adversarials, [r["label"] for r in rows], [r["pred_after"] for r in rows],
-                  self.out / GRID, title=f"SDOAttack on {self.options['classifier']}: "
-                                         f"{_fmt(s['success_rate'], '.0%')} of {s['n']} successful")
 
 
 def _absolute_paths(options: dict[str, Any]) -> dict[str, Any]:
@@ -578,8 +682,12 @@ def _load(factory: Callable[[], Any], option: str) -> Any:
         raise RunError(str(err), option) from err
 
 
-def write_text(path: Path, text: str) -> None:
-    """Write a text file atomically (temp file + os.replace)."""
+def write_text(path: Path, text: str, durable: bool = False) -> None:
+    """Write a text file atomically (temp file + os.replace); ``durable``: fsync it first."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write(text)
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)

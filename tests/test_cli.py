@@ -32,7 +32,7 @@ def create_other():
     return _build(1)
 '''
 MANIFEST_FIELDS = {"source", "file", "label", "target", "pred_before", "pred_after", "success", "l2", "linf",
-                   "ssim", "psnr", "iterations", "reconstruction_error", "seconds"}
+                   "ssim", "psnr", "iterations", "reconstruction_error", "seconds", "failure"}
 
 
 @pytest.fixture(scope="module")
