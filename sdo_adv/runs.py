@@ -154,21 +154,26 @@ def read_csv(path: Path, column: str) -> dict[str, int]:
     option = "labels" if column == "label" else "targeted"
     if not path.is_file():
         raise RunError(f"{column}s file {path} does not exist", option)
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        fields = [name.strip() for name in reader.fieldnames or []]
-        if not {"file", column} <= set(fields):
-            raise RunError(f"{path}: expected columns file,{column}, found {','.join(fields) or 'none'}", option)
-        reader.fieldnames = fields
-        rows: dict[str, int] = {}
-        for line, row in enumerate(reader, start=2):
-            file, value = (row["file"] or "").strip(), (row[column] or "").strip()
-            if not re.fullmatch(r"\d+", value):
-                raise RunError(f"{path} line {line}: {column} {value!r} of {file!r} is not a class index", option)
-            key = PurePosixPath(file).as_posix()
-            if key in rows:
-                raise RunError(f"{path} line {line}: {file!r} is listed twice", option)
-            rows[key] = int(value)
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            fields = [name.strip() for name in reader.fieldnames or []]
+            if not {"file", column} <= set(fields):
+                raise RunError(f"{path}: expected columns file,{column}, found {','.join(fields) or 'none'}", option)
+            reader.fieldnames = fields
+            rows: dict[str, int] = {}
+            for line, row in enumerate(reader, start=2):
+                file, value = (row["file"] or "").strip(), (row[column] or "").strip()
+                if not re.fullmatch(r"\d+", value):
+                    raise RunError(f"{path} line {line}: {column} {value!r} of {file!r} is not a class index", option)
+                if PurePosixPath(file).name in ("", ".."):
+                    raise RunError(f"{path} line {line}: {file!r} does not name a file", option)
+                key = PurePosixPath(file).as_posix()
+                if key in rows:
+                    raise RunError(f"{path} line {line}: {file!r} is listed twice", option)
+                rows[key] = int(value)
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise RunError(f"{path} is not a UTF-8 CSV file: {err}", option) from err
     if not rows:
         raise RunError(f"{path} has no rows", option)
     return rows
@@ -576,9 +581,11 @@ class AttackRun:
             self._say(f"resuming: {len(items) - len(pending)} of {len(items)} items already in {MANIFEST}")
         if self.process.world > 1:
             self._say(f"{self.process.world} processes, each attacking one of every {self.process.world} pending items")
-        self.process.barrier()  # every rank has read the same finished items before any writes more
         if self.process.rank == 0:
             self._write_run_file()
+            for stale in self.out.glob(".*.tmp"):  # left by a killed run
+                stale.unlink()
+        self.process.barrier()  # every rank has read the same finished items before any writes more
         mine = self.process.shard(pending)
         n_ok = n_done = 0
         bs = self.options["batch_size"]

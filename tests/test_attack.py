@@ -266,3 +266,57 @@ def test_picard_needs_ddim(models):
         SDOAttack(model, pixel_generator(steps=3, sampler="dpm++"), sampler="picard")
     with pytest.raises(ValueError, match="unknown sampler"):
         SDOAttack(model, pixel_generator(steps=3), sampler="jacobi")
+
+
+class NaNForFirst(torch.nn.Module):
+    """A classifier whose logits turn NaN for the first image while gradients are on."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        logits = self.model(x)
+        if torch.is_grad_enabled():
+            logits = torch.cat([torch.full_like(logits[:1], float("nan")), logits[1:]])
+        return logits
+
+
+def test_non_finite_loss_fails_that_sample_only(models):
+    model, gen = models
+    images, labels = batch(3)
+    atk = SDOAttack(NaNForFirst(model), gen, steps=3, lr=0.3)
+    reference = SDOAttack(model, gen, steps=3, lr=0.3)
+    adv, ref = atk(images, labels), reference(images, labels)
+    r = atk.last_result
+    assert r.failure[0] == "non-finite loss at iteration 0" and r.failure[1:] == [None, None]
+    assert not r.success[0]
+    assert torch.isfinite(adv).all()
+    assert torch.allclose(adv[1:], ref[1:], atol=1e-6)
+    assert torch.equal(r.success[1:], reference.last_result.success[1:])
+
+
+class _NaNGradForFirst(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone()
+        grad[0] = float("nan")
+        return grad
+
+
+def test_non_finite_gradient_fails_that_sample_only(models):
+    model, gen = models
+    images, _ = batch(3)
+    with torch.no_grad():
+        labels = model(images).argmax(1)  # not yet successful, so iteration 0 takes a gradient step
+    poisoned = torch.nn.Sequential(torch.nn.Identity(), model)
+    poisoned[0].forward = _NaNGradForFirst.apply
+    atk = SDOAttack(poisoned, gen, steps=1, lr=0.3)  # one gradient step: the poison hits the first image
+    adv = atk(images, labels)
+    r = atk.last_result
+    assert r.failure[0] == "non-finite gradient at iteration 0" and r.failure[1:] == [None, None]
+    assert not r.success[0] and torch.isfinite(adv).all()

@@ -1,0 +1,58 @@
+"""A real `sdo-adv attack` process killed with SIGINT, SIGTERM or SIGKILL at several points,
+then started again, finishes with every item exactly once."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from sdo_adv.data import load_digits
+
+N = 8
+
+
+def command(data, out):
+    return [sys.executable, "-m", "sdo_adv.cli.main", "attack", "--classifier", "sdo-adv:digits-resnet18",
+            "--generator", "sdo-adv:digits", "--input", str(data), "--out", str(out), "--steps", "2",
+            "--batch-size", "1", "--device", "cpu"]
+
+
+def finished(out):
+    path = out / "manifest.jsonl"
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+@pytest.mark.parametrize("sig, after", [(signal.SIGKILL, 0), (signal.SIGKILL, 3), (signal.SIGTERM, 2),
+                                        (signal.SIGINT, 5)])
+def test_killed_run_resumes_with_every_item_once(tmp_path, sig, after):
+    images, labels = load_digits(N)
+    data = tmp_path / "digits.npz"
+    np.savez(data, images=(images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8),
+             labels=labels.numpy())
+    out = tmp_path / "out"
+    env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(command(data, out), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while finished(out) < after and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before the signal"
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    if sig != signal.SIGKILL and after:
+        assert "interrupted" in err and "Traceback" not in err
+    killed_at = finished(out)
+
+    done = subprocess.run(command(data, out), env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = (out / "manifest.jsonl").read_text().splitlines()
+    sources = [json.loads(line)["source"] for line in lines]
+    assert sorted(sources) == sorted(f"digits.npz#{i}" for i in range(N))  # every item, exactly once
+    assert all((out / json.loads(line)["file"]).is_file() for line in lines)
+    assert not list(out.glob(".*.tmp"))  # a killed run's temporary files are cleared
+    if killed_at:
+        assert f"resuming: {killed_at} of {N}" in done.stderr
