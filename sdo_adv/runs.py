@@ -44,6 +44,7 @@ MANIFEST, REPORT, GRID, RUN = "manifest.jsonl", "report.md", "grid.png", "run.js
 PART_GLOB = "manifest.rank*.jsonl"
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 RESERVED_NAMES = frozenset({GRID, "evaluation.png"})
+MAX_STEM = 200  # output names stay within file systems' 255-byte limit, with room for temp-file affixes
 TARGET_MODES = ("random", "least-likely", "next")
 # Options that may differ when a run is resumed: they do not change any item's result.
 RESUME_FREE = ("batch_size", "device", "config", "trust_pickle")
@@ -184,7 +185,7 @@ def _image_folder(root: Path) -> list[tuple[str, int]]:
     if not classes:
         raise RunError(f"{root} has no class subfolders; for a flat folder pass --labels with a file,label CSV",
                        "input")
-    numeric = all(c.isdigit() for c in classes)
+    numeric = all(c.isdecimal() for c in classes)
     index = {c: int(c) if numeric else i for i, c in enumerate(classes)}
     return [(p.relative_to(root).as_posix(), index[c]) for c in sorted(classes, key=index.__getitem__)
             for p in sorted((root / c).rglob("*"))
@@ -216,8 +217,8 @@ def _read_npz(path: Path) -> Dataset:
         with np.load(path) as data:
             found = list(data.files)
             arrays = {k: data[k] for k in ("images", "labels") if k in found}
-    except (OSError, ValueError) as err:
-        raise RunError(f"cannot read {path}: {err}", "input") from err
+    except Exception as err:  # numpy, zipfile and zlib raise many types for a damaged file
+        raise RunError(f"cannot read {path}: {type(err).__name__}: {err}", "input") from err
     if len(arrays) < 2:
         raise RunError(f"{path} must hold arrays 'images' and 'labels', found {', '.join(found) or 'none'}", "input")
     images, labels = arrays["images"], arrays["labels"]
@@ -225,9 +226,9 @@ def _read_npz(path: Path) -> Dataset:
         images = images[..., None]
     elif images.ndim == 4 and images.shape[-1] not in (1, 3) and images.shape[1] in (1, 3):
         images = images.transpose(0, 2, 3, 1)
-    if images.ndim != 4 or images.shape[-1] not in (1, 3) or len(images) == 0:
+    if images.ndim != 4 or images.shape[-1] not in (1, 3) or 0 in images.shape[:3]:
         raise RunError(f"{path}: images must be (N, H, W), (N, H, W, C) or (N, C, H, W) with C in (1, 3) "
-                       f"and N >= 1, got shape {images.shape}", "input")
+                       f"and N, H, W >= 1, got shape {images.shape}", "input")
     if images.dtype.kind == "f":
         if not (np.isfinite(images).all() and images.min() >= 0 and images.max() <= 1):
             raise RunError(f"{path}: float images must be finite and in [0, 1]", "input")
@@ -243,11 +244,11 @@ def _read_npz(path: Path) -> Dataset:
 
 
 def _png_names(stems: list[str]) -> list[str]:
-    """Safe, unique PNG file names (``[A-Za-z0-9._-]``, ``-2``, ``-3``... on collision), avoiding
-    the run's own output names."""
+    """Safe, unique PNG file names (``[A-Za-z0-9._-]``, at most ``MAX_STEM`` characters before
+    ``-2``, ``-3``... on collision), avoiding the run's own output names."""
     taken, names = set(RESERVED_NAMES), []
     for stem in stems:
-        base = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).lstrip(".") or "image"
+        base = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).lstrip(".")[:MAX_STEM] or "image"
         name, k = f"{base}.png", 1
         while name in taken:
             k += 1
@@ -503,6 +504,8 @@ class AttackRun:
         self.size = (generator.image_size, generator.image_size)
         self._data_notices(generator.image_channels)
         self.out.mkdir(parents=True, exist_ok=True)
+        for item in self.dataset.items:
+            inside(self.out, item.name)
         self.outputs = RunOutputs(self.out, self.dataset, self.options, self.size, self.notices,
                                   finished_rows(self.out))
         self.manifest = Manifest(part_path(self.out, self.process.rank) if self.process.world > 1
@@ -687,6 +690,15 @@ def _load(factory: Callable[[], Any], option: str) -> Any:
         return factory()
     except (ValueError, TypeError, FileNotFoundError) as err:
         raise RunError(str(err), option) from err
+
+
+def inside(out: Path, name: str) -> Path:
+    """``out / name``, refusing any name that would lead outside ``out`` (output file names
+    come from input file names, which the run does not control)."""
+    path = out / name
+    if PurePosixPath(name).name != name or name in ("", ".", "..") or path.resolve().parent != out.resolve():
+        raise RunError(f"output name {name!r} would be written outside {out}", "input")
+    return path
 
 
 def write_text(path: Path, text: str, durable: bool = False) -> None:

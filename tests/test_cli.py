@@ -1,5 +1,6 @@
 """`sdo-adv attack` and `sdo-adv evaluate` on tiny random-weight models and 8x8 inputs, offline."""
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -299,3 +300,30 @@ def test_evaluate_unknown_spec_fails_at_once(attacked, no_compute):
     result = invoke("evaluate", "--adv", str(out), "--models", "keras:resnet")
     assert result.exit_code == 2 and "accepted forms: sdo-adv:<embedded name>, timm:<name>" in result.output
     assert not (out / "evaluation.json").exists()
+
+
+def test_outputs_stay_inside_the_output_folder(assets, tmp_path):
+    """File names from a labels CSV that climb out of the input folder, or are absolute, still
+    give PNGs inside --out; a planted symlink leading outside is refused."""
+    work = tmp_path / "work"
+    (work / "data").mkdir(parents=True)
+    source = next((assets / "digits" / "0").iterdir())
+    shutil.copy(source, work / "above.png")
+    shutil.copy(source, tmp_path / "abs.png")
+    csv_path = work / "labels.csv"
+    csv_path.write_text(f"file,label\n../above.png,1\n{tmp_path / 'abs.png'},2\n")
+    out = work / "data" / "out"
+    before = sorted(p.name for p in tmp_path.iterdir()) + sorted(p.name for p in work.iterdir())
+    result = invoke(*attack_args(assets, out, "--labels", str(csv_path), input=work / "data"))
+    assert result.exit_code == 0, result.output
+    rows = manifest(out)
+    assert [r["source"] for r in rows] == ["../above.png", (tmp_path / "abs.png").as_posix()]
+    assert all((out / r["file"]).resolve().parent == out.resolve() for r in rows)
+    assert sorted(p.name for p in tmp_path.iterdir()) + sorted(p.name for p in work.iterdir()) == before
+
+    out2 = tmp_path / "out2"
+    out2.mkdir()
+    (out2 / rows[0]["file"]).symlink_to(tmp_path / "elsewhere.png")
+    result = invoke(*attack_args(assets, out2, "--labels", str(csv_path), input=work / "data"))
+    assert result.exit_code != 0 and "outside" in result.output
+    assert not (tmp_path / "elsewhere.png").exists()
