@@ -109,7 +109,8 @@ def cost(gen, size, dim, device, steps: int, batch: int, estimators: list[str], 
     return rows
 
 
-def picard(gen, size, dim, device, steps: int, batch: int, sweeps: list[int], repeats: int) -> list[dict]:
+def picard(gen, size, dim, device, steps: int, batch: int, sweeps: list[int], repeats: int,
+           max_batch: int | None) -> list[dict]:
     gen.num_inference_steps = steps
     latent = torch.randn(batch, 4, size, size, device=device)
     cond = prompt_condition(gen, batch, dim, device)
@@ -121,7 +122,7 @@ def picard(gen, size, dim, device, steps: int, batch: int, sweeps: list[int], re
     rows = [{"sampler": "sequential", "n": steps, "batch": batch,
              "iteration_s": statistics.median(timed(sequential, device, repeats))}]
     for k in sweeps:
-        sampler = PicardSampler(gen, sweeps=k)
+        sampler = PicardSampler(gen, sweeps=k, max_batch=max_batch)
         with torch.no_grad():
             state = {"trajectory": sampler.sample(latent, cond=cond, estimator="skip")[1]}
 
@@ -131,7 +132,7 @@ def picard(gen, size, dim, device, steps: int, batch: int, sweeps: list[int], re
             images.float().mean().backward()
         try:
             t = statistics.median(timed(iteration, device, repeats))
-            rows.append({"sampler": f"picard:{k}", "n": steps, "batch": batch, "iteration_s": t,
+            rows.append({"sampler": f"picard:{k}", "n": steps, "batch": batch, "max_batch": max_batch, "iteration_s": t,
                          "ratio_to_sequential": t / rows[0]["iteration_s"]})
         except torch.OutOfMemoryError as err:
             rows.append({"sampler": f"picard:{k}", "n": steps, "batch": batch, "out_of_memory": True,
@@ -146,7 +147,9 @@ def main() -> None:
     p.add_argument("--steps", default="50")
     p.add_argument("--batch", default="1")
     p.add_argument("--estimators", default=ESTIMATORS)
-    p.add_argument("--sweeps", default="1,2")
+    p.add_argument("--sweeps", default="1,2,4")
+    p.add_argument("--max-batch", type=int, default=None,
+                   help="most latents per Picard network call (a sliding window over the steps)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--tiny", action="store_true", help="small configuration, to check the script on a CPU")
@@ -161,7 +164,7 @@ def main() -> None:
                 rows += cost(gen, size, dim, a.device, steps, batch, a.estimators.split(","), a.repeats)
             else:
                 rows += picard(gen, size, dim, a.device, steps, batch, [int(k) for k in a.sweeps.split(",")],
-                               a.repeats)
+                               a.repeats, a.max_batch)
     device_name = torch.cuda.get_device_name() if a.device == "cuda" else "cpu"
     result = {"device": device_name, "dtype": str(dtype), "tiny": a.tiny, "torch": torch.__version__,
               "config": vars(a) | {"out": str(a.out)}, "rows": rows}
