@@ -13,7 +13,9 @@ from .common import click_error
 @click.option("--robustbench-dir", default="./models", show_default=True, type=click.Path(file_okay=False),
               help="Where robustbench checkpoints are looked up.")
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder  [default: the --adv folder].")
-def evaluate(adv_dir: str, models: str, robustbench_dir: str, out: str | None) -> None:
+@click.option("--trust-pickle", is_flag=True,
+              help="Load checkpoints that need arbitrary unpickling (it can run code): trusted files only.")
+def evaluate(adv_dir: str, models: str, robustbench_dir: str, out: str | None, trust_pickle: bool) -> None:
     """Clean and adversarial accuracy, transfer success and fidelity: evaluation.json/.md/.png."""
     from sdo_adv.evaluation import evaluate_run
     from sdo_adv.runs import RunError
@@ -22,7 +24,8 @@ def evaluate(adv_dir: str, models: str, robustbench_dir: str, out: str | None) -
     if not specs:
         raise click.BadParameter("give at least one classifier spec", param_hint="'--models'")
     try:
-        result = evaluate_run(adv_dir, specs, robustbench_dir, out, notice=lambda m: click.echo(m, err=True))
+        result = evaluate_run(adv_dir, specs, robustbench_dir, out, notice=lambda m: click.echo(m, err=True),
+                              trust_pickle=trust_pickle)
     except RunError as err:
         raise click_error(err) from err
     for r in result["models"]:

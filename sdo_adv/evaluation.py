@@ -34,11 +34,13 @@ def optional_metrics() -> dict[str, dict[str, str]]:
 
 
 def evaluate_run(adv_dir: str | Path, specs: Sequence[str], robustbench_dir: str | Path = "./models",
-                 out: str | Path | None = None, notice: Callable[[str], None] = print) -> dict[str, Any]:
+                 out: str | Path | None = None, notice: Callable[[str], None] = print,
+                 trust_pickle: bool = False) -> dict[str, Any]:
     """Evaluate the attack folder ``adv_dir`` against the classifiers ``specs``; write
     evaluation.json, evaluation.md and evaluation.png to ``out`` (default ``adv_dir``) and
     return the evaluation. A classifier whose weights are absent is skipped with the reason;
-    an unknown spec raises :class:`RunError` before any compute."""
+    an unknown spec raises :class:`RunError` before any compute. ``trust_pickle``: see
+    :func:`sdo_adv.load_classifier`."""
     adv_dir = Path(adv_dir)
     out = Path(out) if out is not None else adv_dir
     if not (adv_dir / RUN).is_file():
@@ -48,7 +50,7 @@ def evaluate_run(adv_dir: str | Path, specs: Sequence[str], robustbench_dir: str
     if not rows:
         raise RunError(f"{adv_dir / MANIFEST} holds no finished items", "adv")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    models = _load_models(specs, robustbench_dir, device)
+    models = _load_models(specs, robustbench_dir, device, trust_pickle)
     dataset = read_dataset(config["input"], config["labels"])
     by_source = {it.source: it for it in dataset.items}
     lost = [r["source"] for r in rows if r["source"] not in by_source]
@@ -85,13 +87,14 @@ def evaluate_run(adv_dir: str | Path, specs: Sequence[str], robustbench_dir: str
     return result
 
 
-def _load_models(specs: Sequence[str], robustbench_dir: str | Path,
-                 device: torch.device) -> dict[str, nn.Module | str]:
+def _load_models(specs: Sequence[str], robustbench_dir: str | Path, device: torch.device,
+                 trust_pickle: bool) -> dict[str, nn.Module | str]:
     """Classifiers by spec; a string (the reason) for those whose weights are absent."""
     models: dict[str, nn.Module | str] = {}
     for spec in specs:
         try:
-            models[spec] = load_classifier(spec, pretrained=True, model_dir=robustbench_dir).to(device).eval()
+            models[spec] = load_classifier(spec, pretrained=True, model_dir=robustbench_dir,
+                                           trust_pickle=trust_pickle).to(device).eval()
         except FileNotFoundError as err:
             models[spec] = f"weights not found: {err}"
         except (ValueError, TypeError) as err:

@@ -13,7 +13,7 @@ LUMA = (0.299, 0.587, 0.114)
 
 def check_images(images: object, name: str = "images") -> Tensor:
     """Raise a ValueError/TypeError naming the problem unless ``images`` is a finite float
-    ``(B, C, H, W)`` tensor in [0, 1] with B >= 1 and C in (1, 3)."""
+    ``(B, C, H, W)`` tensor in [0, 1] with B, H, W >= 1 and C in (1, 3)."""
     if not isinstance(images, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(images).__name__}")
     if images.dim() != 4:
@@ -22,6 +22,8 @@ def check_images(images: object, name: str = "images") -> Tensor:
         raise ValueError(f"{name} is an empty batch (shape {tuple(images.shape)})")
     if images.shape[1] not in (1, 3):
         raise ValueError(f"{name} must have 1 or 3 channels, got {images.shape[1]} (shape {tuple(images.shape)})")
+    if images.numel() == 0:
+        raise ValueError(f"{name} is empty: height and width must be >= 1, got shape {tuple(images.shape)}")
     if not images.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor in [0, 1], got dtype {images.dtype}")
     if not torch.isfinite(images).all():

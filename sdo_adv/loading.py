@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -98,11 +99,13 @@ def _generator_from_folder(source: str | Path, kwargs: dict[str, Any]) -> Genera
 
 # ---- classifiers ----------------------------------------------------------------------------
 def load_classifier(spec: str | Path | nn.Module, *, pretrained: bool = False,
-                    model_dir: str | Path = "./models", **kwargs: Any) -> ImageClassifier:
+                    model_dir: str | Path = "./models", trust_pickle: bool = False,
+                    **kwargs: Any) -> ImageClassifier:
     """Load a classifier that takes [0, 1] images of any size (see :class:`ImageClassifier`).
 
     ``pretrained``: load timm's published weights for ``timm:<name>``. ``model_dir``: where
-    robustbench looks for checkpoints. For ``nn.Module`` specs, ``kwargs`` give
+    robustbench looks for checkpoints. ``trust_pickle``: let ``timm:<name>@<checkpoint>``
+    unpickle arbitrary objects (see :func:`load_state_dict`). For ``nn.Module`` specs, ``kwargs`` give
     ``input_size``, ``mean``, ``std``, ``num_classes``; for timm specs they are passed to
     ``timm.create_model``.
     """
@@ -119,7 +122,7 @@ def load_classifier(spec: str | Path | nn.Module, *, pretrained: bool = False,
         return _embedded_classifier(rest)
     if sep and scheme == "timm":
         name, _, ckpt = rest.partition("@")
-        return _timm_classifier(name, pretrained, ckpt or None, kwargs)
+        return _timm_classifier(name, pretrained, ckpt or None, trust_pickle, kwargs)
     if sep and scheme == "robustbench":
         return _robustbench_classifier(rest, model_dir)
     if spec_s.split(":")[0].endswith(".py"):
@@ -127,9 +130,13 @@ def load_classifier(spec: str | Path | nn.Module, *, pretrained: bool = False,
     raise ValueError(f"unknown classifier spec {spec_s!r}; accepted forms: " + ", ".join(CLASSIFIER_FORMS))
 
 
-def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+def load_state_dict(path: str | Path, *, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
     """Load weights from ``.safetensors`` or with ``torch.load(weights_only=True)``; unwrap
-    ``state_dict`` / ``model`` containers and ``module.`` prefixes."""
+    ``state_dict`` / ``model`` containers, pickled modules and ``module.`` prefixes.
+
+    A checkpoint holding other objects needs arbitrary unpickling, which can run code from the
+    file: it is refused unless ``trust_pickle`` (then ``torch.load(weights_only=False)``).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -138,12 +145,23 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
         return load_file(str(path))
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except Exception as err:
-        raise ValueError(f"{path} cannot be loaded with torch.load(weights_only=True): {err}") from err
+        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if unsafe:
+            raise ValueError(f"{path} needs arbitrary unpickling (it holds a {unsafe[1]}), which can run code "
+                             "from the file, so torch.load(weights_only=True) refuses it; if you trust the file, "
+                             "pass trust_pickle=True (command line: --trust-pickle)") from err
+        reason = next((line.strip() for line in str(err).split("WeightsUnpickler error:")[-1].splitlines()
+                       if line.strip()), type(err).__name__)
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint: {reason}") from err
     for key in ("state_dict", "model", "model_state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
+        if isinstance(state, dict) and isinstance(state.get(key), (dict, nn.Module)):
             state = state[key]
+    if isinstance(state, nn.Module):
+        state = state.state_dict()
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict")
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
@@ -160,18 +178,23 @@ def _timm_model_with_config(model: nn.Module, spec: str, in_chans: int) -> Image
                            getattr(model, "num_classes", None), name=spec, data_config=extra).eval()
 
 
-def _timm_classifier(name: str, pretrained: bool, ckpt: str | None, kwargs: dict[str, Any]) -> ImageClassifier:
+def _timm_classifier(name: str, pretrained: bool, ckpt: str | None, trust_pickle: bool,
+                     kwargs: dict[str, Any]) -> ImageClassifier:
     import timm
 
     if not timm.is_model(name):
         raise ValueError(f"unknown timm model {name!r}")
+    state = load_state_dict(ckpt, trust_pickle=trust_pickle) if ckpt is not None else None
     try:
         model = timm.create_model(name, pretrained=pretrained and ckpt is None, **kwargs)
     except OSError as err:
         raise FileNotFoundError(f"pretrained weights for timm:{name} are not available (offline and not in "
                                 f"the local Hugging Face cache?): {err}") from err
-    if ckpt is not None:
-        model.load_state_dict(load_state_dict(ckpt))
+    if state is not None:
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as err:
+            raise ValueError(f"{ckpt} does not fit timm:{name}: {err}") from err
     return _timm_model_with_config(model, f"timm:{name}", kwargs.get("in_chans", 3))
 
 

@@ -1,14 +1,18 @@
 """The real loading paths, offline: diffusers folders and hub cache, timm pretrained, robustbench."""
+import argparse
+import collections
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from sdo_adv import Generator, ImageClassifier, load_classifier, load_generator
+from sdo_adv.loading import load_state_dict
 from tiny import TinyClassifier, ddpm_scheduler, tiny_cond_unet, tiny_text_encoder, tiny_unet, tiny_vae
 
 HERE = Path(__file__).parent
@@ -126,14 +130,76 @@ def test_timm_local_checkpoint(tmp_path):
         assert clf(torch.rand(2, 1, 32, 32)).shape == (2, 7)
 
 
-class Opaque:
-    """An arbitrary object: loading it needs unrestricted unpickling."""
+class Weights(collections.OrderedDict):
+    """A state dict of a custom type: loading it needs unrestricted unpickling."""
 
 
-def test_pickled_checkpoint_is_refused(tmp_path):
-    torch.save({"state_dict": {}, "extra": Opaque()}, tmp_path / "w.pt")
-    with pytest.raises(ValueError, match="weights_only"):
-        load_classifier(f"timm:resnet10t@{tmp_path / 'w.pt'}")
+@pytest.mark.parametrize("wrap", [lambda s: {"state_dict": s, "args": argparse.Namespace(lr=0.1)},
+                                  lambda s: {"model": Weights(s)}])
+def test_pickled_checkpoint_is_refused_unless_trusted(tmp_path, monkeypatch, wrap):
+    import timm
+
+    reference = timm.create_model("test_vit", num_classes=3)
+    torch.save(wrap(reference.state_dict()), tmp_path / "w.pt")
+    spec = f"timm:test_vit@{tmp_path / 'w.pt'}"
+    with monkeypatch.context() as m:
+        m.setattr(timm, "create_model", lambda *a, **k: pytest.fail("a model was built before the refusal"))
+        with pytest.raises(ValueError, match="needs arbitrary unpickling") as err:
+            load_classifier(spec, num_classes=3)
+    assert "can run code" in str(err.value) and "trust_pickle=True" in str(err.value)
+    assert "--trust-pickle" in str(err.value)
+    clf = load_classifier(spec, num_classes=3, trust_pickle=True)
+    assert all(torch.equal(v, reference.state_dict()[k]) for k, v in clf.model.state_dict().items())
+
+
+def test_checkpoint_contents(tmp_path):
+    torch.save(torch.nn.Linear(2, 3), tmp_path / "module.pt")
+    assert set(load_state_dict(tmp_path / "module.pt", trust_pickle=True)) == {"weight", "bias"}
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    for trust in (False, True):
+        with pytest.raises(ValueError, match="not a readable PyTorch checkpoint"):
+            load_state_dict(tmp_path / "junk.pt", trust_pickle=trust)
+    torch.save([torch.zeros(1)], tmp_path / "list.pt")
+    with pytest.raises(ValueError, match="holds a list, not a state dict"):
+        load_state_dict(tmp_path / "list.pt")
+    torch.save({"weight": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="does not fit timm:test_vit"):
+        load_classifier(f"timm:test_vit@{tmp_path / 'other.pt'}")
+
+
+def test_cli_refuses_pickled_checkpoint_cleanly(tmp_path):
+    """`sdo-adv attack` and `evaluate` refuse with a usage error, and load with --trust-pickle."""
+    import timm
+    from click.testing import CliRunner
+
+    from sdo_adv.cli.main import main
+
+    torch.save({"state_dict": timm.create_model("test_vit").state_dict(), "args": argparse.Namespace(lr=0.1)},
+               tmp_path / "w.pt")
+    np.savez(tmp_path / "set.npz", images=np.random.default_rng(0).integers(0, 256, (2, 8, 8), dtype=np.uint8),
+             labels=np.array([0, 1]))
+    gen = save_ddpm(tmp_path / "ddpm")
+    (gen / "sdo_adv.json").write_text(json.dumps({"num_inference_steps": 2}))
+    spec, out = f"timm:test_vit@{tmp_path / 'w.pt'}", tmp_path / "out"
+    attack = ["attack", "--classifier", spec, "--generator", str(gen), "--input", str(tmp_path / "set.npz"),
+              "--out", str(out), "--steps", "1", "--device", "cpu"]
+    evaluate = ["evaluate", "--adv", str(out), "--models", spec, "--out", str(tmp_path / "eval")]
+
+    def refused(args: list[str], option: str) -> None:
+        result = CliRunner().invoke(main, args)
+        text = " ".join(result.output.split())
+        assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+        assert "needs arbitrary unpickling" in text and "--trust-pickle" in text and option in text
+        assert "Traceback" not in result.output
+
+    refused(attack, "'--classifier'")
+    assert not out.exists()
+    done = CliRunner().invoke(main, [*attack, "--trust-pickle"])
+    assert done.exit_code == 0, done.output
+    refused(evaluate, "'--models'")
+    assert not (tmp_path / "eval").exists()
+    done = CliRunner().invoke(main, [*evaluate, "--trust-pickle"])
+    assert done.exit_code == 0 and f"{spec}: clean" in done.output, done.output
 
 
 @pytest.mark.parametrize("spec,match", [("timm:no_such_net", "unknown timm model"),
