@@ -168,7 +168,7 @@ class SDOAttack(Attack):
         in_dtype, in_device = images.dtype, images.device
         gen = self.generator
         work = torch.float64 if gen.dtype == torch.float64 else torch.float32
-        images = images.to(device=gen.device, dtype=work)
+        images = images.detach().to(device=gen.device, dtype=work)
         labels = labels.to(gen.device) if isinstance(labels, Tensor) else labels
         with torch.no_grad():
             clean_logits = self.get_logits(images)

@@ -167,7 +167,12 @@ def main() -> None:
                    "--guidance", str(args.guidance)] + (["--embedded"] if args.embedded else [])
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode != 0:
-                raise SystemExit(f"measurement failed for {est} T={T}:\n{done.stderr[-2000:]}")
+                reason = (f"killed by signal {-done.returncode} (SIGKILL: most likely the out-of-memory killer)"
+                          if done.returncode < 0 else done.stderr.strip().splitlines()[-1])
+                rows.append({"estimator": est, "T": T, "batch": args.batch, "failed": reason})
+                print(f"T={T:4d} {est:13s} failed: {reason}", flush=True)
+                write(args.out, config, rows)
+                continue
             row = json.loads(done.stdout.strip().splitlines()[-1])
             rows.append(row)
             print(f"T={T:4d} {est:13s} iter/nograd {row['ratio_median']:.3f} [{row['ratio_min']:.3f}, "
@@ -185,8 +190,9 @@ def resumed_rows(out: Path | None, config: dict) -> list[dict]:
     previous = json.loads(out.read_text())
     if previous.get("config") != json.loads(json.dumps(config, default=str)):
         return []
-    print(f"resuming {out}: {len(previous['rows'])} rows already measured", flush=True)
-    return previous["rows"]
+    rows = [r for r in previous["rows"] if "failed" not in r]
+    print(f"resuming {out}: {len(rows)} rows already measured (failed ones are tried again)", flush=True)
+    return rows
 
 
 def write(out: Path | None, config: dict, rows: list[dict]) -> None:

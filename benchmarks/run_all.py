@@ -52,7 +52,7 @@ def plots(results: dict, out: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     written = []
-    cost = results["iteration_cost"]["rows"]
+    cost = [r for r in results["iteration_cost"]["rows"] if "failed" not in r]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for est in dict.fromkeys(r["estimator"] for r in cost):
         rows = [r for r in cost if r["estimator"] == est]
@@ -97,6 +97,9 @@ def plots(results: dict, out: Path) -> list[str]:
 def table(results: dict) -> str:
     lines = ["iteration cost (median iteration / no-grad sampling, extra peak MiB):"]
     for r in results["iteration_cost"]["rows"]:
+        if "failed" in r:
+            lines.append(f"  T={r['T']:4d} {r['estimator']:12s} failed: {r['failed']}")
+            continue
         lines.append(f"  T={r['T']:4d} {r['estimator']:12s} {r['ratio_median']:.3f} "
                      f"[{r['ratio_min']:.3f}, {r['ratio_max']:.3f}]  {r['extra_peak_bytes'] / 2**20:9.1f} MiB")
     lines.append("gradient fidelity (latent cosine to exact):")

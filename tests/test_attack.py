@@ -320,3 +320,10 @@ def test_non_finite_gradient_fails_that_sample_only(models):
     r = atk.last_result
     assert r.failure[0] == "non-finite gradient at iteration 0" and r.failure[1:] == [None, None]
     assert not r.success[0] and torch.isfinite(adv).all()
+
+
+def test_inputs_that_require_grad_give_a_detached_result(models):
+    model, gen = models
+    images, labels = batch(2)
+    adv = SDOAttack(model, gen, steps=1)(images.requires_grad_(True), labels)
+    assert not adv.requires_grad
