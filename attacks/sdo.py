@@ -94,6 +94,9 @@ class SDOAttack(Attack):
         sweeps (int): Picard sweeps per iteration. (Default: 1)
         tol (float or None): stop the sweeps once the largest relative update falls below it.
             (Default: None)
+        hold (str): what a Picard sweep holds fixed when it rebuilds the trajectory:
+            ``"output"`` (the network output: the sampler's linear path) or ``"clean"`` (the
+            clean-image prediction; see :mod:`sdo_adv.picard`). (Default: ``"output"``)
 
     Shape:
         - images: :math:`(N, C, H, W)` in [0, 1], C in {1, 3}. - labels: :math:`(N)` int.
@@ -115,7 +118,7 @@ class SDOAttack(Attack):
                  early_stop: bool = True,
                  prompts: Callable[[Tensor], Sequence[str]] | Sequence[str] | None = None,
                  progress: bool = False, sampler: str = "sequential", sweeps: int = 1,
-                 tol: float | None = None) -> None:
+                 tol: float | None = None, hold: str = "output") -> None:
         super().__init__("SDOAttack", model)
         self.generator = load_generator(generator)
         self.estimator = parse_estimator(gradient)
@@ -135,7 +138,7 @@ class SDOAttack(Attack):
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; accepted: {', '.join(SAMPLERS)}")
         self.sampler, self.sweeps, self.tol = sampler, int(sweeps), tol
-        self._picard = PicardSampler(self.generator, self.sweeps, tol) if sampler == "picard" else None
+        self._picard = PicardSampler(self.generator, self.sweeps, tol, hold=hold) if sampler == "picard" else None
         self.supported_mode = ["default", "targeted"]
         self.last_result: AttackResult | None = None
 

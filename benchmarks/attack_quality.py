@@ -10,7 +10,8 @@ per iteration (inversion and Picard's exact checks included). Untargeted, agains
     python benchmarks/attack_quality.py --configs sdo,skip,full --n 200 --out results.json
     python benchmarks/attack_quality.py --configs sdo,sdo@picard:1,sdo@picard:2,sdo@picard:4
 
-A configuration is ``<estimator>`` or ``<estimator>@picard:<sweeps>``.
+A configuration is ``<estimator>``, ``<estimator>@picard:<sweeps>`` (sweeps hold the network
+output fixed) or ``<estimator>@picard-clean:<sweeps>`` (they hold the clean-image prediction).
 """
 from __future__ import annotations
 
@@ -37,9 +38,11 @@ def parse_config(config: str) -> dict:
     if not sampler:
         return {"gradient": estimator, "sampler": "sequential"}
     kind, _, sweeps = sampler.partition(":")
-    if kind != "picard" or not sweeps.isdigit():
-        raise SystemExit(f"bad configuration {config!r}: use <estimator> or <estimator>@picard:<sweeps>")
-    return {"gradient": estimator, "sampler": "picard", "sweeps": int(sweeps)}
+    if kind not in ("picard", "picard-clean") or not sweeps.isdigit():
+        raise SystemExit(f"bad configuration {config!r}: use <estimator>, <estimator>@picard:<sweeps> or "
+                         "<estimator>@picard-clean:<sweeps>")
+    return {"gradient": estimator, "sampler": "picard", "sweeps": int(sweeps),
+            "hold": "clean" if kind == "picard-clean" else "output"}
 
 
 def run(config: str, n: int, batch: int, steps: int, seed: int) -> dict:

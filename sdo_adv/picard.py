@@ -2,17 +2,24 @@
 
 The deterministic DDIM sampler maps state ``x_k`` to ``x_{k+1}`` with the scheduler's own
 ``step``. Given a guess of the whole trajectory ``x_0..x_n``, one sweep evaluates the network
-on all states in one batched call and rebuilds the trajectory from the start latent, holding
-each step's clean-image prediction ``x0_k`` fixed: ``x_{k+1} = c_k x_k + d_k x0_k`` with
-``c_k = sqrt((1 - abar_{k+1}) / (1 - abar_k)) < 1``. After ``n`` sweeps the trajectory is
-exact. Holding the clean-image prediction (not the noise prediction) fixed matters: a change
-of the start latent then propagates with the shrinking factor ``prod c_k``, and the sweeps
-converge monotonically; holding the noise prediction fixed propagates it with
-``prod sqrt(abar_{k+1} / abar_k)``, which overshoots (on the embedded digit model, one such
-sweep lands further from the exact trajectory than not updating at all, and two sweeps
-further still). Warm-started from the previous attack iteration's trajectory (the start
-latent moves little), the sweeps track the exact trajectory to within about one iteration's
-change.
+on all states in one batched call and rebuilds the trajectory from the start latent with
+the step, holding one quantity of each step's prediction fixed:
+
+- ``hold="output"``: the network output (the noise prediction of an epsilon model), so the
+  rebuild is the sampler's linear path ``x_{k+1} = a_k x_k + b_k out_k``, the same path SDO's
+  gradient follows. A start-latent change propagates with ``prod a_k`` (``a_k =
+  sqrt(abar_{k+1} / abar_k) > 1``), which overshoots the exact change, and more sweeps
+  overshoot more before they converge.
+- ``hold="clean"``: the clean-image prediction ``x0_k``, so ``x_{k+1} = c_k x_k + d_k x0_k``
+  with ``c_k = sqrt((1 - abar_{k+1}) / (1 - abar_k)) < 1``: the sweeps converge monotonically,
+  but a start-latent change reaches the late states only one step per sweep, so they lag.
+
+Either way the trajectory is exact after ``n`` sweeps (bitwise: the step that makes a state
+exact uses the network output as it is). In an attack the warm start is the previous
+iteration's trajectory (the start latent moves little). On the embedded digit model, one
+``output`` sweep per iteration attacks as well as sequential sampling although its images
+are further from the exact ones than ``clean``'s: its images respond to the latent the way
+the SDO gradient predicts (README, Picard).
 
 Gradients: the output is rebuilt once more from the start latent, in the graph, with the
 estimator's plan, and each state's value is replaced by the refined one (a straight-through
@@ -30,6 +37,8 @@ from torch import Tensor
 
 from .estimators import CallMode, Estimator, parse_estimator
 from .generator import Condition, Generator
+
+HOLDS = ("output", "clean")
 
 
 @dataclass
@@ -57,11 +66,12 @@ class PicardSampler:
 
     ``sweeps``: at most this many sweeps per call; ``tol``: stop earlier once the largest
     relative update of any state falls below it; ``max_batch``: most images per network call
-    (a sliding window over the steps, ParaDiGMS-style, when ``n x B`` exceeds it).
+    (a sliding window over the steps, ParaDiGMS-style, when ``n x B`` exceeds it); ``hold``:
+    what a sweep holds fixed, ``"output"`` or ``"clean"`` (see the module's docstring).
     """
 
     def __init__(self, generator: Generator, sweeps: int = 1, tol: float | None = None,
-                 max_batch: int | None = None) -> None:
+                 max_batch: int | None = None, hold: str = "output") -> None:
         from diffusers import DDIMScheduler
 
         if not isinstance(generator.scheduler, DDIMScheduler):
@@ -70,7 +80,10 @@ class PicardSampler:
             raise ValueError(f"sweeps must be >= 1, got {sweeps}")
         if max_batch is not None and max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if hold not in HOLDS:
+            raise ValueError(f"unknown hold {hold!r}; accepted: {', '.join(HOLDS)}")
         self.generator, self.sweeps, self.tol, self.max_batch = generator, int(sweeps), tol, max_batch
+        self.hold = hold
 
     def init_trajectory(self, latent: Tensor, start: int, cond: Condition | None) -> Trajectory:
         """The exact trajectory from ``latent``: windows of one step, i.e. ``n`` sequential
@@ -99,7 +112,7 @@ class PicardSampler:
         while done < sweeps and first < n:
             last = min(n, first + window)
             outputs = self._batched_outputs(states[first:last], ts[first:last], cond)
-            new = rebuild(sched, ts[first:last], states[first:last], outputs)
+            new = rebuild(sched, ts[first:last], states[first:last], outputs, self.hold)
             old = states[first:last + 1]
             change = (new - old).flatten(2).norm(dim=2) / old.flatten(2).norm(dim=2).clamp_min(1e-12)
             per_state = change.amax(1)
@@ -158,15 +171,16 @@ def output_for(sched, clean: Tensor, x: Tensor, t: Tensor) -> Tensor:
     raise NotImplementedError(f"prediction_type {sched.config.prediction_type!r} is not supported")
 
 
-def rebuild(sched, ts: Tensor, at: Tensor, outputs: Tensor) -> Tensor:
+def rebuild(sched, ts: Tensor, at: Tensor, outputs: Tensor, hold: str = "output") -> Tensor:
     """States from ``at[0]`` over the steps ``ts`` ``(m,)``, given the network ``outputs``
     ``(m, B, ...)`` evaluated at the states ``at`` ``(m, B, ...)``, through the scheduler's own
-    step: ``(m + 1, B, ...)``. Each later step holds its output's clean-image prediction fixed;
-    the first, at the very state its output was evaluated at, uses the output as it is."""
+    step: ``(m + 1, B, ...)``. Each later step holds its output (``hold="output"``) or its
+    output's clean-image prediction (``"clean"``) fixed; the first, at the very state its
+    output was evaluated at, uses the output as it is."""
     states = [at[0]]
     for k in range(len(ts)):
         out = outputs[k]
-        if k:
+        if k and hold == "clean":
             clean = sched.step(out, ts[k], at[k]).pred_original_sample
             out = output_for(sched, clean, states[-1], ts[k])
         states.append(sched.step(out, ts[k], states[-1]).prev_sample)

@@ -20,12 +20,13 @@ def sequential(gen, x, cond, start):
         return gen.sample(x, cond=cond, estimator="skip", start=start, return_latent=True)
 
 
+@pytest.mark.parametrize("hold", ["output", "clean"])
 @pytest.mark.parametrize("start", [0, 2])
 @pytest.mark.parametrize("max_batch", [None, 4])
-def test_n_sweeps_from_a_cold_start_equal_sequential_sampling(gen, start, max_batch):
+def test_n_sweeps_from_a_cold_start_equal_sequential_sampling(gen, start, max_batch, hold):
     x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
     cond = gen.condition(torch.tensor([1, 3]))
-    picard = PicardSampler(gen, sweeps=T - start, max_batch=max_batch)
+    picard = PicardSampler(gen, sweeps=T - start, max_batch=max_batch, hold=hold)
     cold = Trajectory.constant(x, T - start, start)
     images, traj = picard.sample(x, cond=cond, start=start, estimator="skip", trajectory=cold)
     ref_images, ref_out = sequential(gen, x, cond, start)
@@ -43,14 +44,15 @@ def test_without_a_trajectory_the_exact_one_is_computed(gen):
     assert torch.allclose(images, ref_images, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("hold", ["output", "clean"])
 @pytest.mark.parametrize("prediction_type", ["v_prediction", "sample"])
-def test_exact_for_every_prediction_type(prediction_type):
+def test_exact_for_every_prediction_type(prediction_type, hold):
     torch.manual_seed(1)
     other = Generator.from_diffusers(unet=tiny_unet(), scheduler=ddpm_scheduler(prediction_type=prediction_type),
                                      num_inference_steps=4, guidance_scale=1.5).to(torch.float64)
     x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
     cond = other.condition(torch.tensor([0, 1]))
-    _, traj = PicardSampler(other, sweeps=4).sample(x, cond=cond, estimator="skip",
+    _, traj = PicardSampler(other, sweeps=4, hold=hold).sample(x, cond=cond, estimator="skip",
                                                     trajectory=Trajectory.constant(x, 4, 0))
     _, ref = sequential(other, x, cond, 0)
     assert torch.equal(traj.states[-1], ref)
@@ -93,7 +95,7 @@ def test_warm_started_sweeps_approach_the_exact_trajectory_on_the_embedded_model
     images, labels = load_digits(4)
     cond = digits.condition(labels)
     inverted = digits.invert(images, 0.5, cond=cond)
-    picard = PicardSampler(digits)
+    picard = PicardSampler(digits, hold="clean")
     old = picard.init_trajectory(inverted.latent, inverted.start, cond)
     moved = inverted.latent + 0.1 * torch.randn(inverted.latent.shape, generator=torch.Generator().manual_seed(0))
     ref = picard.init_trajectory(moved, inverted.start, cond).states[-1]
@@ -140,6 +142,8 @@ def test_sdo_graph_holds_one_call_and_sweeps_batch_over_time(gen):
     assert calls == [(2 * 2, False)] * T + [(2 * 2, True)]
 
 
-def test_needs_ddim():
+def test_needs_ddim_and_a_known_hold(gen):
     with pytest.raises(ValueError, match="ddim"):
         PicardSampler(pixel_generator(steps=3, sampler="dpm++"))
+    with pytest.raises(ValueError, match="unknown hold"):
+        PicardSampler(gen, hold="noise")
