@@ -244,13 +244,13 @@ class SDOAttack(Attack):
                 objective = objective + self.fidelity * mse
                 train = ~seen_ok if self.early_stop else torch.ones_like(seen_ok)
                 broken = train & ~torch.isfinite(objective.detach())
-                self._fail(active[broken], f"non-finite loss at iteration {it}", failure, failed)
+                self._fail(active[broken], f"non-finite loss at iteration {it}", failure, failed, done)
                 train &= ~broken
                 if train.any():
                     opt.zero_grad(set_to_none=True)
                     objective[train].sum().backward()
                     broken = train & ~self._finite_gradients(delta, cond_delta, active)
-                    self._fail(active[broken], f"non-finite gradient at iteration {it}", failure, failed)
+                    self._fail(active[broken], f"non-finite gradient at iteration {it}", failure, failed, done)
                     for v in (delta, cond_delta):
                         if v is not None and v.grad is not None:
                             v.grad[active[broken]] = 0
@@ -260,7 +260,7 @@ class SDOAttack(Attack):
         out = best.to(device=in_device, dtype=in_dtype)
         with torch.no_grad():
             adv_logits = self.get_logits(out.to(device=gen.device, dtype=work))
-        final_success = success(adv_logits, goal, self.targeted) & ~failed
+        final_success = success(adv_logits, goal, self.targeted) & ~(failed & ~done)
         returned = out.to(device=gen.device, dtype=work)
         self.last_result = AttackResult(
             success=final_success.cpu(), iterations=torch.where(final_success, found_at, -1).cpu(),
@@ -311,10 +311,11 @@ class SDOAttack(Attack):
         return adv, ok
 
     @staticmethod
-    def _fail(index: Tensor, reason: str, failure: list[str | None], failed: Tensor) -> None:
-        """Stop optimizing the samples at ``index``, recording why."""
+    def _fail(index: Tensor, reason: str, failure: list[str | None], failed: Tensor, done: Tensor) -> None:
+        """Stop optimizing the samples at ``index``; record why for those not yet successful."""
         for i in index.tolist():
-            failure[i] = reason
+            if not done[i]:
+                failure[i] = reason
         failed[index] = True
 
     @staticmethod

@@ -111,7 +111,7 @@ def attack(ctx: click.Context, **values: Any) -> None:
         raise click.ClickException(f"interrupted: every finished image is in {run.out}; run the same command "
                                    "again to resume") from None
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
     if s is not None:
         echo_summary(s)
         click.echo(f"wrote {run.out}: manifest.jsonl, report.md, grid.png, run.json and the PNGs")
@@ -137,8 +137,8 @@ def merge(out: str) -> None:
 
     try:
         outputs = RunOutputs.from_folder(out)
+        outputs.merge()
     except RunError as err:
         raise click_error(err) from err
-    outputs.merge()
     echo_summary(outputs.write())
     click.echo(f"merged {out}/manifest.jsonl; wrote report.md and grid.png")

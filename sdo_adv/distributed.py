@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
+
+BARRIER_HOURS = 24
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,7 @@ def current_process(device: str) -> Process:
         return Process(device=device)
     from accelerate import PartialState
 
-    state = PartialState(cpu=device == "cpu")
+    # ranks wait for the slowest shard at the end: allow far longer than the backends' default
+    state = PartialState(cpu=device == "cpu", timeout=timedelta(hours=BARRIER_HOURS))
     here = str(state.device) if device == "cuda" else "cpu"
     return Process(state.process_index, state.num_processes, here, state)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .loading import load_classifier
-from .runs import MANIFEST, RUN, Manifest, RunError, fidelity, mean, read_dataset, read_image, to_tensor, write_text
+from .runs import MANIFEST, PART_GLOB, RUN, Manifest, RunError, fidelity, mean, read_dataset, read_image, to_tensor, write_text
 
 THREAT_MODEL = "natural-diffusion"
 # Weights the optional metrics would need, in torch hub's checkpoint folder.
@@ -46,6 +46,10 @@ def evaluate_run(adv_dir: str | Path, specs: Sequence[str], robustbench_dir: str
     if not (adv_dir / RUN).is_file():
         raise RunError(f"{adv_dir} has no {RUN}: not an sdo-adv attack folder", "adv")
     config = json.loads((adv_dir / RUN).read_text())["config"]
+    parts = sorted(p.name for p in adv_dir.glob(PART_GLOB))
+    if parts:
+        raise RunError(f"{adv_dir} holds the per-rank manifests of an unfinished sharded run ({', '.join(parts)}); "
+                       f"run `sdo-adv merge {adv_dir}` first", "adv")
     rows = list(Manifest(adv_dir / MANIFEST).rows.values())
     if not rows:
         raise RunError(f"{adv_dir / MANIFEST} holds no finished items", "adv")

@@ -89,23 +89,26 @@ class PicardSampler:
         """The exact trajectory from ``latent``: windows of one step, i.e. ``n`` sequential
         network calls of ``B`` images, the cost of one sequential sampling pass."""
         n = self.generator.num_inference_steps - start
-        return self.refine(latent, Trajectory.constant(latent, n, start), cond, sweeps=n, window=1)
+        return self._sweep(latent, Trajectory.constant(latent, n, start), cond, sweeps=n, window=1, tol=None)
 
-    @torch.no_grad()
-    def refine(self, latent: Tensor, trajectory: Trajectory, cond: Condition | None,
-               sweeps: int | None = None, window: int | None = None) -> Trajectory:
-        """Run at most ``sweeps`` sweeps (default: the sampler's) from ``trajectory`` with the
-        new start ``latent``, ``window`` steps per network call (default: from ``max_batch``).
+    def refine(self, latent: Tensor, trajectory: Trajectory, cond: Condition | None) -> Trajectory:
+        """Run the sampler's sweeps from ``trajectory`` with the new start ``latent``.
 
         After a sweep whose window starts at step ``first``, states up to ``first + 1`` are
         exact; with ``tol``, the following states whose update fell below it count as
-        converged too, and the next window starts after them."""
+        converged too, and the next window starts after them. With a window shorter than the
+        remaining steps (``max_batch``), the states beyond it keep their values until a sweep
+        reaches them."""
+        n = len(trajectory.states) - 1
+        window = n if self.max_batch is None else max(1, min(n, self.max_batch // latent.shape[0]))
+        return self._sweep(latent, trajectory, cond, self.sweeps, window, self.tol)
+
+    @torch.no_grad()
+    def _sweep(self, latent: Tensor, trajectory: Trajectory, cond: Condition | None, sweeps: int,
+               window: int, tol: float | None) -> Trajectory:
         sched = self.generator.trajectory_scheduler(latent.device)
         ts = sched.timesteps[trajectory.start:]
-        n, batch = len(ts), latent.shape[0]
-        sweeps = self.sweeps if sweeps is None else sweeps
-        if window is None:
-            window = n if self.max_batch is None else max(1, min(n, self.max_batch // batch))
+        n = len(ts)
         states = trajectory.states.clone()
         states[0] = latent.detach()
         first, residual, done = 0, float("inf"), 0
@@ -118,9 +121,9 @@ class PicardSampler:
             per_state = change.amax(1)
             residual, done = per_state.max().item(), done + 1
             states[first:last + 1] = new
-            converged = per_state[2:] <= self.tol if self.tol is not None else per_state[2:] < 0
+            converged = per_state[2:] <= tol if tol is not None else per_state[2:] < 0
             first += 1 + int(converged.long().cumprod(0).sum())
-            if self.tol is not None and residual <= self.tol:
+            if tol is not None and residual <= tol and last == n:
                 break
         return Trajectory(states, trajectory.start, done, residual)
 

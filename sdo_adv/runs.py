@@ -22,7 +22,8 @@ import sys
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path, PurePosixPath
@@ -42,6 +43,7 @@ from .reporting import save_grid, to_uint8
 
 MANIFEST, REPORT, GRID, RUN = "manifest.jsonl", "report.md", "grid.png", "run.json"
 PART_GLOB = "manifest.rank*.jsonl"
+LOCK = ".lock"
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 RESERVED_NAMES = frozenset({GRID, "evaluation.png"})
 MAX_STEM = 200  # output names stay within file systems' 255-byte limit, with room for temp-file affixes
@@ -304,6 +306,21 @@ def finished_rows(out: Path) -> dict[str, dict[str, Any]]:
     return rows
 
 
+@contextmanager
+def run_lock(out: Path, exclusive: bool = False) -> Iterator[None]:
+    """Hold ``out/.lock``: shared while a run's ranks write, exclusive for ``sdo-adv merge``,
+    so that a merge never folds manifests that a running rank still appends to."""
+    import fcntl
+
+    with (out / LOCK).open("a") as f:
+        try:
+            fcntl.flock(f, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunError(f"{out} is in use: " + ("an attack is still writing to it" if exclusive
+                                                   else "sdo-adv merge is running on it"), "out") from None
+        yield
+
+
 def merge_manifests(out: Path, order: Sequence[str]) -> dict[str, dict[str, Any]]:
     """Fold the ranks' parts into ``manifest.jsonl``: each source once, in ``order`` (then any
     other sources), written atomically before the parts are removed, so a crash at any point
@@ -384,8 +401,10 @@ class RunOutputs:
                    info.get("notices", []), finished_rows(out))
 
     def merge(self) -> None:
-        """Fold the ranks' manifest parts into ``manifest.jsonl`` (see :func:`merge_manifests`)."""
-        self.rows = merge_manifests(self.out, [it.source for it in self.dataset.items])
+        """Fold the ranks' manifest parts into ``manifest.jsonl`` (see :func:`merge_manifests`),
+        unless an attack is still writing to the folder."""
+        with run_lock(self.out, exclusive=True):
+            self.rows = merge_manifests(self.out, [it.source for it in self.dataset.items])
 
     def ordered(self) -> list[dict[str, Any]]:
         """Manifest rows of the dataset's items, in dataset order."""
@@ -578,6 +597,10 @@ class AttackRun:
         """Attack this process's share of the items not yet finished, then (rank 0, once every
         rank is done) merge the manifests and write report.md and grid.png; return the summary
         (see :meth:`RunOutputs.summary`) on rank 0, None on the other ranks."""
+        with run_lock(self.out):
+            return self._execute(progress)
+
+    def _execute(self, progress: bool) -> dict[str, Any] | None:
         items, done = self.dataset.items, self.outputs.rows
         pending = [it for it in items if it.source not in done]
         if len(pending) < len(items):
@@ -599,10 +622,10 @@ class AttackRun:
                 batch = mine[start:start + bs]
                 try:
                     rows = self._attack_batch(batch)
-                except torch.OutOfMemoryError:
-                    if bs == 1:
+                except torch.cuda.OutOfMemoryError:
+                    if len(batch) == 1:
                         raise
-                    bs //= 2
+                    bs = len(batch) // 2
                     self._say(f"out of memory with a batch of {len(batch)}: retrying with batches of {bs}")
                     if torch.cuda.is_available():
                         torch.cuda.empty_cache()
@@ -616,8 +639,7 @@ class AttackRun:
         self.process.barrier()
         if self.process.rank != 0:
             return None
-        self.outputs.rows = finished_rows(self.out)
-        self.outputs.merge()
+        self.outputs.rows = merge_manifests(self.out, [it.source for it in items])
         return self.outputs.write()
 
     def _attack_batch(self, batch: list[Item]) -> list[dict[str, Any]]:

@@ -327,3 +327,31 @@ def test_inputs_that_require_grad_give_a_detached_result(models):
     images, labels = batch(2)
     adv = SDOAttack(model, gen, steps=1)(images.requires_grad_(True), labels)
     assert not adv.requires_grad
+
+
+def test_a_success_is_kept_when_a_later_loss_turns_non_finite(models):
+    """Without early stop, a sample that already succeeded stays successful (and is not
+    reported as failed) when its loss later turns NaN."""
+    model, gen = models
+    images, labels = batch(3)
+    calls = [0]
+
+    class LateNaN(torch.nn.Module):
+        def forward(self, x):
+            logits = model(x)
+            if torch.is_grad_enabled():
+                calls[0] += 1
+                if calls[0] >= 2:
+                    logits = logits * float("nan")
+            return logits
+
+    reference = SDOAttack(model, gen, steps=1, lr=0.3, early_stop=False)
+    reference(images, labels)
+    atk = SDOAttack(LateNaN(), gen, steps=3, lr=0.3, early_stop=False)
+    atk(images, labels)
+    first = reference.last_result.iterations == 0  # successful at iteration 0, before the NaNs
+    assert first.any()
+    r = atk.last_result
+    assert r.success[first].all()
+    assert all(r.failure[i] is None for i in first.nonzero().flatten().tolist())
+    assert all(r.failure[i] == "non-finite loss at iteration 1" for i in (~first).nonzero().flatten().tolist())

@@ -129,3 +129,16 @@ def test_out_of_memory_halves_the_batch_and_says_so(tmp_path):
     assert any("batch of 4: retrying with batches of 2" in m for m in notices)
     assert any("batch of 2: retrying with batches of 1" in m for m in notices)
     assert [r["source"] for r in manifest(tmp_path / "out")] == [f"digits.npz#{i}" for i in range(5)]
+
+
+def test_merge_refuses_while_an_attack_writes(single, tmp_path):
+    from click.testing import CliRunner
+
+    from sdo_adv.cli.main import main
+    from sdo_adv.runs import run_lock
+
+    out = shutil.copytree(single[1], tmp_path / "out")
+    with run_lock(out):
+        result = CliRunner().invoke(main, ["merge", str(out)])
+    assert result.exit_code == 2 and "still writing" in result.output
+    assert CliRunner().invoke(main, ["merge", str(out)]).exit_code == 0
