@@ -25,7 +25,7 @@ FULL = {
                        "--repeats", "5", "--embedded"],
     "gradient_fidelity": ["--n", "8", "--depths", "0.25,0.5,0.75,1.0"],
     "attack_quality": ["--configs", "sdo:first,sdo:last,sdo:random,skip,truncated:1,truncated:5,full,checkpoint,"
-                       "sdo@picard:1,sdo@picard:2,sdo@picard:4", "--n", "200", "--batch", "50"],
+                       "sdo@picard:1,sdo@picard:2,sdo@picard:4,sdo@picard-clean:1", "--n", "200", "--batch", "50"],
 }
 QUICK = {
     "iteration_cost": ["--estimators", "sdo,full", "--steps", "10", "--batch", "2", "--repeats", "2",
