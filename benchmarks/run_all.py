@@ -5,6 +5,11 @@ The three parts are separate scripts in this folder (``iteration_cost.py``,
 ``sdo-adv bench`` is a thin wrapper around this file.
 
     python benchmarks/run_all.py [--quick] [--device cpu|cuda] [--out DIR]
+    python benchmarks/run_all.py --collect benchmarks/results   # results.json, plots and table from committed parts
+
+``--collect DIR`` runs nothing: it reads the parts committed in DIR
+(``iteration_cost_embedded_cpu.json``, ``gradient_fidelity_cpu.json`` and every
+``attack_quality*_cpu.json``, the first file holding a configuration winning).
 """
 from __future__ import annotations
 
@@ -109,8 +114,25 @@ def table(results: dict) -> str:
     for r in results["attack_quality"]["rows"]:
         lines.append(f"  {r['config']:16s} {r['final_success']:.3f}  {r['iterations_to_90']}  "
                      f"{r['seconds_to_90'] if r['seconds_to_90'] is None else round(r['seconds_to_90'], 1)}  "
-                     f"{r['sampler_calls_per_iteration']:.1f} / {r['sampler_images_per_iteration']:.0f}")
+                     + (f"{r['sampler_calls_per_iteration']:.1f} / {r['sampler_images_per_iteration']:.0f}"
+                        if "sampler_calls_per_iteration" in r else "not counted"))
     return "\n".join(lines)
+
+
+def collect(folder: Path) -> None:
+    """Merge committed part results into ``results.json``, draw the plots, print the table."""
+    results: dict = {"collected_from": folder.as_posix(), "versions": versions()}
+    results["iteration_cost"] = json.loads((folder / "iteration_cost_embedded_cpu.json").read_text())
+    results["gradient_fidelity"] = json.loads((folder / "gradient_fidelity_cpu.json").read_text())
+    rows, sources = [], []
+    for path in sorted(folder.glob("attack_quality*_cpu.json")):
+        sources.append(path.name)
+        rows += [r | {"source": path.name} for r in json.loads(path.read_text())["rows"]
+                 if r["config"] not in {q["config"] for q in rows}]
+    results["attack_quality"] = {"sources": sources, "rows": rows}
+    results["plots"] = plots(results, folder)
+    (folder / "results.json").write_text(json.dumps(results, indent=2))
+    print(table(results))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -118,7 +140,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true", help="tiny settings, about a minute")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--out", type=Path, default=Path("bench"))
+    p.add_argument("--collect", type=Path, default=None, help="build results from the parts in this folder")
     a = p.parse_args(argv)
+    if a.collect:
+        collect(a.collect)
+        return
     a.out.mkdir(parents=True, exist_ok=True)
     settings = QUICK if a.quick else FULL
     results: dict = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
