@@ -258,10 +258,10 @@ class SDOAttack(Attack):
                     self._project(delta, cond_delta)
         bar.close()
         out = best.to(device=in_device, dtype=in_dtype)
-        with torch.no_grad():
-            adv_logits = self.get_logits(out.to(device=gen.device, dtype=work))
-        final_success = success(adv_logits, goal, self.targeted) & ~(failed & ~done)
         returned = out.to(device=gen.device, dtype=work)
+        with torch.no_grad():
+            adv_logits = self.get_logits(returned)
+        final_success = success(adv_logits, goal, self.targeted) & ~(failed & ~done)
         self.last_result = AttackResult(
             success=final_success.cpu(), iterations=torch.where(final_success, found_at, -1).cpu(),
             l2=metrics.l2(returned, images).cpu(),

@@ -50,6 +50,16 @@ def versions() -> dict[str, str]:
     return found
 
 
+def save(fig, path: Path) -> str:
+    """Write and close a figure; return its file name."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path.name
+
+
 def plots(results: dict, out: Path) -> list[str]:
     import matplotlib
 
@@ -66,10 +76,7 @@ def plots(results: dict, out: Path) -> list[str]:
     axes[0].set(xlabel="sampling steps T", ylabel="iteration / no-grad sampling", title="time")
     axes[1].set(xlabel="sampling steps T", ylabel="extra peak memory (MiB)", title="memory", yscale="symlog")
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "iteration_cost.png", dpi=100)
-    written.append("iteration_cost.png")
-    plt.close(fig)
+    written.append(save(fig, out / "iteration_cost.png"))
 
     quality = results["attack_quality"]["rows"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -80,10 +87,7 @@ def plots(results: dict, out: Path) -> list[str]:
     axes[0].set(xlabel="iteration", ylabel="success rate", title="success per iteration")
     axes[1].set(xlabel="wall-clock seconds", ylabel="success rate", title="success per second")
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "attack_quality.png", dpi=100)
-    written.append("attack_quality.png")
-    plt.close(fig)
+    written.append(save(fig, out / "attack_quality.png"))
 
     fidelity = results["gradient_fidelity"]["rows"]
     fig, ax = plt.subplots(figsize=(5, 4))
@@ -92,10 +96,7 @@ def plots(results: dict, out: Path) -> list[str]:
         ax.plot([r["depth"] for r in rows], [r["latent"]["cosine"] for r in rows], "o-", label=est)
     ax.set(xlabel="inversion depth", ylabel="cosine to exact gradient (latent)", title="gradient fidelity")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "gradient_fidelity.png", dpi=100)
-    written.append("gradient_fidelity.png")
-    plt.close(fig)
+    written.append(save(fig, out / "gradient_fidelity.png"))
     return written
 
 

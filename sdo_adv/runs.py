@@ -401,10 +401,14 @@ class RunOutputs:
                    info.get("notices", []), finished_rows(out))
 
     def merge(self) -> None:
-        """Fold the ranks' manifest parts into ``manifest.jsonl`` (see :func:`merge_manifests`),
-        unless an attack is still writing to the folder."""
+        """:meth:`fold`, unless an attack is still writing to the folder."""
         with run_lock(self.out, exclusive=True):
-            self.rows = merge_manifests(self.out, [it.source for it in self.dataset.items])
+            self.fold()
+
+    def fold(self) -> None:
+        """Fold the ranks' manifest parts into ``manifest.jsonl`` (see :func:`merge_manifests`)
+        and take the merged rows; no lock (rank 0 of the run itself folds at its end)."""
+        self.rows = merge_manifests(self.out, [it.source for it in self.dataset.items])
 
     def ordered(self) -> list[dict[str, Any]]:
         """Manifest rows of the dataset's items, in dataset order."""
@@ -639,7 +643,7 @@ class AttackRun:
         self.process.barrier()
         if self.process.rank != 0:
             return None
-        self.outputs.rows = merge_manifests(self.out, [it.source for it in items])
+        self.outputs.fold()
         return self.outputs.write()
 
     def _attack_batch(self, batch: list[Item]) -> list[dict[str, Any]]:

@@ -22,6 +22,13 @@ def batch(n=4, channels=1, size=8):
     return torch.rand(n, channels, size, size, generator=g), torch.arange(n) % NUM_CLASSES
 
 
+def unfooled_batch(model, n):
+    """Images labelled with the model's own predictions: no sample is successful at the start."""
+    images, _ = batch(n)
+    with torch.no_grad():
+        return images, model(images).argmax(1)
+
+
 def test_output_shape_range_dtype_and_record(models):
     model, gen = models
     images, labels = batch()
@@ -42,9 +49,7 @@ def test_output_shape_range_dtype_and_record(models):
 
 def test_attack_flips_predictions_and_beats_reconstruction(models):
     model, gen = models
-    images, labels = batch(8)
-    with torch.no_grad():
-        labels = model(images).argmax(1)
+    images, labels = unfooled_batch(model, 8)
     atk = SDOAttack(model, gen, steps=30, lr=0.3, fidelity=0.0)
     atk(images, labels)
     r = atk.last_result
@@ -250,9 +255,7 @@ def test_returned_images_are_exact_samples_of_the_returned_latents(models, sampl
 
 def test_picard_attack_tracks_sequential(models):
     model, gen = models
-    images, labels = batch(8)
-    with torch.no_grad():
-        labels = model(images).argmax(1)
+    images, labels = unfooled_batch(model, 8)
     seq = SDOAttack(model, gen, steps=20, lr=0.3, fidelity=0.0)
     seq(images, labels)
     pic = SDOAttack(model, gen, steps=20, lr=0.3, fidelity=0.0, sampler="picard", sweeps=2)
@@ -310,9 +313,7 @@ class _NaNGradForFirst(torch.autograd.Function):
 
 def test_non_finite_gradient_fails_that_sample_only(models):
     model, gen = models
-    images, _ = batch(3)
-    with torch.no_grad():
-        labels = model(images).argmax(1)  # not yet successful, so iteration 0 takes a gradient step
+    images, labels = unfooled_batch(model, 3)  # so iteration 0 takes a gradient step
     poisoned = torch.nn.Sequential(torch.nn.Identity(), model)
     poisoned[0].forward = _NaNGradForFirst.apply
     atk = SDOAttack(poisoned, gen, steps=1, lr=0.3)  # one gradient step: the poison hits the first image
