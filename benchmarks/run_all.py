@@ -80,6 +80,8 @@ def plots(results: dict, out: Path) -> list[str]:
 
     quality = results["attack_quality"]["rows"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax in axes:  # more configurations than the default 10 colours
+        ax.set_prop_cycle(color=plt.cm.tab20.colors)
     for row in quality:
         curve = row["success_after_iteration"]
         axes[0].plot(range(len(curve)), curve, label=row["config"])
