@@ -1,4 +1,4 @@
 """torchattacks-conforming attacks (installed as ``sdo_adv.attacks``)."""
-from .sdo import AttackResult, SDOAttack
+from .sdo import AttackResult, AttackStep, SDOAttack
 
-__all__ = ["AttackResult", "SDOAttack"]
+__all__ = ["AttackResult", "AttackStep", "SDOAttack"]

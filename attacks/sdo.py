@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -11,8 +12,8 @@ from torch import Tensor
 from torchattacks.attack import Attack
 from tqdm.auto import tqdm
 
-from sdo_adv.estimators import parse_estimator
-from sdo_adv.generator import Condition, Generator
+from sdo_adv.estimators import Estimator, parse_estimator
+from sdo_adv.generator import Condition, DiffusionGenerator
 from sdo_adv.imaging import check_images, check_labels, to_model_input
 from sdo_adv.loading import load_generator
 from sdo_adv.losses import LOSSES, attack_loss, success
@@ -21,6 +22,46 @@ from sdo_adv.picard import PicardSampler, Trajectory
 
 OPTIMIZE = ("latent", "cond", "both")
 SAMPLERS = ("sequential", "picard")
+
+
+@dataclass
+class AttackStep:
+    """What :class:`SDOAttack` passes to its ``callback`` once per iteration (the last call,
+    ``iteration == steps``, only evaluates: it takes no optimizer step).
+
+    ``active``: indices ``(A,)`` into the batch of the samples evaluated in this iteration;
+    ``images``: their generated images ``(A, C, H, W)`` in [0, 1] (detached, at the input's
+    size); ``success``: ``(B,)`` bool, every sample successful so far; ``loss``: the active
+    samples' objective ``(A,)`` (None in the last call); ``seconds``: since the attack
+    started; ``network_calls`` / ``network_images``: UNet calls made by the sampler in this
+    iteration and the images they evaluated (its sequential depth and its work; guidance
+    doubles the images).
+    """
+
+    iteration: int
+    active: Tensor
+    images: Tensor
+    success: Tensor
+    loss: Tensor | None
+    seconds: float
+    network_calls: int
+    network_images: int
+
+
+@contextmanager
+def _counting_calls(module: torch.nn.Module) -> Iterator[list[int]]:
+    """Count ``module``'s forward calls and the batch entries they took: ``[calls, images]``."""
+    counts = [0, 0]
+
+    def hook(_module: torch.nn.Module, inputs: tuple, _output: object) -> None:
+        counts[0] += 1
+        counts[1] += inputs[0].shape[0]
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield counts
+    finally:
+        handle.remove()
 
 
 @dataclass
@@ -57,19 +98,20 @@ class SDOAttack(Attack):
     Each image is encoded, DDIM-inverted to ``depth`` and regenerated; the start latent (and
     optionally the conditioning embedding) is optimized with Adam so that the classifier's
     prediction changes while the image stays close to the original. Gradients through the
-    sampler come from the ``gradient`` estimator (see :mod:`sdo_adv.estimators`).
+    sampler come from the ``estimator`` (see :mod:`sdo_adv.estimators`).
 
     Arguments:
         model (nn.Module): classifier to attack; takes [0, 1] images of the input's size
             (an :class:`sdo_adv.ImageClassifier` accepts any size).
-        generator (Generator or str): a :class:`sdo_adv.Generator` or a spec for
+        generator (DiffusionGenerator or str): a :class:`sdo_adv.DiffusionGenerator` or a spec for
             :func:`sdo_adv.load_generator`. Inputs are converted (channels, bilinear resize) to
             its resolution and results converted back, differentiably, so success is judged
             on the returned image. (Default: the embedded digit generator is not implied.)
         steps (int): optimization iterations. (Default: 50)
         lr (float): Adam learning rate on the latent. (Default: 0.1)
-        gradient (str): gradient estimator: ``sdo`` (= ``sdo:first``), ``sdo:last``,
-            ``sdo:random``, ``sdo:<i>``, ``skip``, ``truncated:K``, ``checkpoint``, ``full``.
+        estimator (str or Estimator): gradient estimator: ``sdo`` (= ``sdo:first``),
+            ``sdo:last``, ``sdo:random``, ``sdo:<i>``, ``skip``, ``truncated:K``,
+            ``checkpoint``, ``full``. ``gradient=`` is accepted as its former name.
             (Default: ``"sdo"``)
         depth (float or int): inversion depth, a fraction of the schedule in (0, 1] or a start
             index. (Default: 0.5)
@@ -97,6 +139,8 @@ class SDOAttack(Attack):
         hold (str): what a Picard sweep holds fixed when it rebuilds the trajectory:
             ``"output"`` (the network output: the sampler's linear path) or ``"clean"`` (the
             clean-image prediction; see :mod:`sdo_adv.picard`). (Default: ``"output"``)
+        callback (callable or None): called once per iteration with an :class:`AttackStep`
+            (per-sample state, for instrumentation). (Default: None)
 
     Shape:
         - images: :math:`(N, C, H, W)` in [0, 1], C in {1, 3}. - labels: :math:`(N)` int.
@@ -107,31 +151,39 @@ class SDOAttack(Attack):
     latent budget) and ``fidelity`` around 10.
 
     Examples::
-        >>> attack = SDOAttack(model, generator, steps=50, gradient="sdo")
+        >>> attack = SDOAttack(model, generator, steps=50, estimator="sdo")
         >>> adv_images = attack(images, labels)
     """
 
-    def __init__(self, model: torch.nn.Module, generator: Generator | str, steps: int = 50,
-                 lr: float = 0.1, gradient: str = "sdo", depth: float | int = 0.5,
+    def __init__(self, model: torch.nn.Module, generator: DiffusionGenerator | str, steps: int = 50,
+                 lr: float = 0.1, estimator: str | Estimator = "sdo", depth: float | int = 0.5,
                  loss: str = "cw", kappa: float = 0.0, fidelity: float = 50.0,
                  latent_bound: float | None = 1.0, optimize: str = "latent",
                  early_stop: bool = True,
                  prompts: Callable[[Tensor], Sequence[str]] | Sequence[str] | None = None,
                  progress: bool = False, sampler: str = "sequential", sweeps: int = 1,
-                 tol: float | None = None, hold: str = "output") -> None:
+                 tol: float | None = None, hold: str = "output",
+                 callback: Callable[[AttackStep], None] | None = None, *, gradient: str | None = None) -> None:
         super().__init__("SDOAttack", model)
         self.generator = load_generator(generator)
-        self.estimator = parse_estimator(gradient)
+        if gradient is not None:
+            if estimator != "sdo" and estimator != gradient:
+                raise ValueError(f"estimator={estimator!r} and gradient={gradient!r} disagree: "
+                                 "gradient is the former name of estimator, give one")
+            estimator = gradient
+        self.estimator = parse_estimator(estimator)
         if loss not in LOSSES:
             raise ValueError(f"unknown loss {loss!r}; accepted: {', '.join(LOSSES)}")
         if optimize not in OPTIMIZE:
             raise ValueError(f"unknown optimize {optimize!r}; accepted: {', '.join(OPTIMIZE)}")
         if optimize != "latent" and not self.estimator.reaches_condition:
-            raise ValueError(f"gradient {gradient!r} gives the conditioning no gradient; use optimize='latent'")
+            raise ValueError(f"estimator {self.estimator.name!r} gives the conditioning no gradient; "
+                             "use optimize='latent'")
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
-        self.generator.start_index(depth)
-        self.steps, self.lr, self.gradient, self.depth = int(steps), float(lr), gradient, depth
+        start = self.generator.start_index(depth)
+        self.estimator.check(self.generator.num_inference_steps - start)
+        self.steps, self.lr, self.depth = int(steps), float(lr), depth
         self.loss, self.kappa, self.fidelity = loss, float(kappa), float(fidelity)
         self.latent_bound, self.optimize, self.early_stop = latent_bound, optimize, bool(early_stop)
         self.prompts, self.progress = prompts, bool(progress)
@@ -139,8 +191,14 @@ class SDOAttack(Attack):
             raise ValueError(f"unknown sampler {sampler!r}; accepted: {', '.join(SAMPLERS)}")
         self.sampler, self.sweeps, self.tol = sampler, int(sweeps), tol
         self._picard = PicardSampler(self.generator, self.sweeps, tol, hold=hold) if sampler == "picard" else None
+        self.callback = callback
         self.supported_mode = ["default", "targeted"]
         self.last_result: AttackResult | None = None
+
+    def __repr__(self) -> str:
+        return (f"SDOAttack(model_name={self.model_name}, device={self.device}, attack_mode={self.attack_mode}, "
+                f"targeted={self.targeted}, estimator={self.estimator.name}, steps={self.steps}, lr={self.lr}, "
+                f"depth={self.depth}, sampler={self.sampler})")
 
     # ---- checks before any sampling ---------------------------------------------------------
     def _validate(self, images: Tensor, labels: Tensor, clean_logits: Tensor) -> Tensor:
@@ -217,7 +275,7 @@ class SDOAttack(Attack):
             last = it == self.steps
             with torch.set_grad_enabled(not last):
                 z, cond_a = self._variables(z0, delta, cond, cond_delta, active)
-                generated = self._sample(z, cond_a, start, active, trajectory)
+                generated, calls = self._sample(z, cond_a, start, active, trajectory)
                 adv = to_model_input(generated, c, (h, w))
                 logits = self.get_logits(adv)
                 ok = success(logits, goal[active], self.targeted)
@@ -238,10 +296,12 @@ class SDOAttack(Attack):
                 bar.set_postfix(success=f"{history[-1]:.0%}")
                 bar.update()
                 if last:
+                    self._report(it, active, seen, done, None, seconds[-1], calls)
                     break
                 mse = (adv - images[active]).flatten(1).pow(2).mean(1)
                 objective = attack_loss(logits, goal[active], self.loss, self.targeted, self.kappa)
                 objective = objective + self.fidelity * mse
+                self._report(it, active, seen, done, objective.detach(), seconds[-1], calls)
                 train = ~seen_ok if self.early_stop else torch.ones_like(seen_ok)
                 broken = train & ~torch.isfinite(objective.detach())
                 self._fail(active[broken], f"non-finite loss at iteration {it}", failure, failed, done)
@@ -285,14 +345,21 @@ class SDOAttack(Attack):
         return z0[active] + delta[active], cond_a
 
     def _sample(self, z: Tensor, cond: Condition | None, start: int, active: Tensor,
-                trajectory: Trajectory | None) -> Tensor:
-        """Generator images in [0, 1]; with Picard, warm-started from and updating ``trajectory``."""
-        if self._picard is None:
-            return self.generator.sample(z, cond=cond, estimator=self.estimator, start=start)
-        images, refined = self._picard.sample(z, cond=cond, estimator=self.estimator, start=start,
-                                              trajectory=trajectory.select(active))
+                trajectory: Trajectory | None) -> tuple[Tensor, list[int]]:
+        """Generated images in [0, 1] (with Picard, warm-started from and updating
+        ``trajectory``) and the ``[calls, images]`` of the UNet it took."""
+        with _counting_calls(self.generator.unet) as calls:
+            if self._picard is None:
+                return self.generator.sample(z, cond=cond, estimator=self.estimator, start=start), calls
+            images, refined = self._picard.sample(z, cond=cond, estimator=self.estimator, start=start,
+                                                  trajectory=trajectory.select(active))
         trajectory.states[:, active] = refined.states
-        return images
+        return images, calls
+
+    def _report(self, iteration: int, active: Tensor, images: Tensor, done: Tensor, loss: Tensor | None,
+                seconds: float, calls: list[int]) -> None:
+        if self.callback is not None:
+            self.callback(AttackStep(iteration, active, images, done.clone(), loss, seconds, *calls))
 
     @torch.no_grad()
     def _exact(self, z: Tensor, cond: Condition | None, start: int, check: Tensor, adv: Tensor,

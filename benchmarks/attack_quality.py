@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from sdo_adv import load_classifier, load_generator
-from sdo_adv.attacks import SDOAttack
+from sdo_adv.attacks import AttackStep, SDOAttack
 from sdo_adv.data import load_digits
 from sdo_adv.metrics import l2, ssim
 
@@ -36,12 +36,12 @@ TRANSFER = ("sdo-adv:digits-test_efficientnet", "sdo-adv:digits-resnet18-pgd")
 def parse_config(config: str) -> dict:
     estimator, _, sampler = config.partition("@")
     if not sampler:
-        return {"gradient": estimator, "sampler": "sequential"}
+        return {"estimator": estimator, "sampler": "sequential"}
     kind, _, sweeps = sampler.partition(":")
     if kind not in ("picard", "picard-clean") or not sweeps.isdigit():
         raise SystemExit(f"bad configuration {config!r}: use <estimator>, <estimator>@picard:<sweeps> or "
                          "<estimator>@picard-clean:<sweeps>")
-    return {"gradient": estimator, "sampler": "picard", "sweeps": int(sweeps),
+    return {"estimator": estimator, "sampler": "picard", "sweeps": int(sweeps),
             "hold": "clean" if kind == "picard-clean" else "output"}
 
 
@@ -51,26 +51,18 @@ def run(config: str, n: int, batch: int, steps: int, seed: int) -> dict:
     model = load_classifier(TARGET)
     others = {spec: load_classifier(spec) for spec in TRANSFER}
     gen = load_generator("sdo-adv:digits")
-    attack = SDOAttack(model, gen, steps=steps, **parse_config(config))
     calls = {"all": 0, "sampler": 0, "sampler_images": 0, "iterations": 0}
-    inside = [False]
 
-    def count(module, inputs, output) -> None:
-        calls["all"] += 1
-        if inside[0]:
-            calls["sampler"] += 1
-            calls["sampler_images"] += inputs[0].shape[0]
-
-    def counted_sample(*args, **kwargs):
-        inside[0] = True
+    def count_iteration(step: AttackStep) -> None:
         calls["iterations"] += 1
-        try:
-            return sample(*args, **kwargs)
-        finally:
-            inside[0] = False
+        calls["sampler"] += step.network_calls
+        calls["sampler_images"] += step.network_images
 
-    gen.unet.register_forward_hook(count)
-    sample, attack._sample = attack._sample, counted_sample
+    def count_call(module, inputs, output) -> None:
+        calls["all"] += 1
+
+    attack = SDOAttack(model, gen, steps=steps, callback=count_iteration, **parse_config(config))
+    gen.unet.register_forward_hook(count_call)
     history, seconds, adv, success = [], [], [], []
     for i in range(0, n, batch):
         out = attack(images[i:i + batch], labels[i:i + batch])

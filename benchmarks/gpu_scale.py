@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from sdo_adv import Generator
+from sdo_adv import DiffusionGenerator
 from sdo_adv.picard import PicardSampler
 
 SD15_UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
@@ -46,7 +46,7 @@ TINY_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_blo
 ESTIMATORS = "sdo,skip,truncated:1,checkpoint,full"
 
 
-def build(tiny: bool, device: str, dtype: torch.dtype) -> tuple[Generator, int, int]:
+def build(tiny: bool, device: str, dtype: torch.dtype) -> tuple[DiffusionGenerator, int, int]:
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 
     torch.manual_seed(0)
@@ -54,11 +54,11 @@ def build(tiny: bool, device: str, dtype: torch.dtype) -> tuple[Generator, int, 
     vae = AutoencoderKL(**(TINY_VAE if tiny else SD15_VAE))
     sched = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
                           set_alpha_to_one=False, steps_offset=1)
-    gen = Generator.from_diffusers(unet=unet, scheduler=sched, vae=vae).to(device=device, dtype=dtype)
+    gen = DiffusionGenerator.from_diffusers(unet=unet, scheduler=sched, vae=vae).to(device=device, dtype=dtype)
     return gen, unet.config.sample_size, unet.config.cross_attention_dim
 
 
-def prompt_condition(gen: Generator, batch: int, dim: int, device: str):
+def prompt_condition(gen: DiffusionGenerator, batch: int, dim: int, device: str):
     from sdo_adv.generator import Condition
 
     return Condition("text", torch.randn(batch, 77, dim, device=device, dtype=gen.dtype))

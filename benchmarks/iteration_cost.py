@@ -32,7 +32,7 @@ import torch
 def build(embedded: bool, device: str, guidance: float):
     from diffusers import DDPMScheduler, UNet2DModel
 
-    from sdo_adv import Generator, load_classifier, load_generator
+    from sdo_adv import DiffusionGenerator, load_classifier, load_generator
 
     torch.manual_seed(0)
     if embedded:
@@ -45,7 +45,7 @@ def build(embedded: bool, device: str, guidance: float):
                            down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
                            up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), num_class_embeds=11)
         sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=False)
-        gen = Generator.from_diffusers(unet=unet, scheduler=sched, guidance_scale=guidance)
+        gen = DiffusionGenerator.from_diffusers(unet=unet, scheduler=sched, guidance_scale=guidance)
     classifier = torch.nn.Sequential(torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.SiLU(),
                                      torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten(), torch.nn.Linear(256, 10))
     return gen.to(device), classifier.to(device).eval().requires_grad_(False)

@@ -1,4 +1,4 @@
-"""``sdo-adv attack``: attack a dataset into a resumable output folder."""
+"""``sdo-adv attack``: attack a dataset into a resumable output folder; ``sdo-adv merge``."""
 from __future__ import annotations
 
 import signal
@@ -11,7 +11,7 @@ from click.core import ParameterSource
 from .common import click_error
 
 REQUIRED = ("classifier", "generator", "input", "out")
-TARGET_MODES = ("random", "least-likely", "next")
+CLI_ONLY = ("config",)
 
 
 def _read_config(path: str) -> dict[str, Any]:
@@ -34,9 +34,9 @@ def _read_config(path: str) -> dict[str, Any]:
 
 
 def resolve_options(ctx: click.Context, values: dict[str, Any]) -> dict[str, Any]:
-    """Merge ``--config`` into the options (explicit command-line options win), check required
-    options, ``--targeted`` and ``--device``; return every option's final value."""
-    by_flag = {p.opts[0].lstrip("-"): p for p in ctx.command.params if isinstance(p, click.Option)}
+    """Merge ``--config`` into the options (explicit command-line options win) and check the
+    required ones; return every option's final value by parameter name."""
+    by_flag = {opt.lstrip("-"): p for p in ctx.command.params if isinstance(p, click.Option) for opt in p.opts}
     if values["config"]:
         data = _read_config(values["config"])
         keys = {str(k): str(k).replace("_", "-") for k in data}
@@ -55,15 +55,11 @@ def resolve_options(ctx: click.Context, values: dict[str, Any]) -> dict[str, Any
     if missing:
         raise click.UsageError(f"missing option(s) {', '.join(missing)} "
                                "(give them on the command line or in --config)")
-    targeted = values["targeted"]
-    if targeted is not None and targeted not in TARGET_MODES and not Path(targeted).is_file():
-        raise click.BadParameter(f"{targeted!r} is neither {', '.join(TARGET_MODES)} nor an existing "
-                                 "CSV file with columns file,target", param_hint="'--targeted'")
-    import torch
+    if values["device"] == "cuda":
+        import torch
 
-    if values["device"] == "cuda" and not torch.cuda.is_available():
-        raise click.BadParameter("CUDA is not available on this machine", param_hint="'--device'")
-    values["device"] = values["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            raise click.BadParameter("CUDA is not available on this machine", param_hint="'--device'")
     return {p.name: values[p.name] for p in ctx.command.params}
 
 
@@ -76,7 +72,8 @@ def resolve_options(ctx: click.Context, values: dict[str, Any]) -> dict[str, Any
               help="Output folder; re-running with the same folder resumes.  [required]")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False), help="CSV with columns file,label.")
 @click.option("--targeted", help="random, least-likely, next (label + 1), or a CSV with columns file,target.")
-@click.option("--gradient", default="sdo", show_default=True, help="Gradient estimator (sdo, sdo:last, full, ...).")
+@click.option("--estimator", "--gradient", "estimator", default="sdo", show_default=True,
+              help="Gradient estimator: sdo, sdo:last, sdo:random, sdo:<i>, skip, truncated:K, checkpoint, full.")
 @click.option("--steps", default=50, show_default=True, type=click.IntRange(1), help="Attack iterations.")
 @click.option("--lr", default=0.1, show_default=True, type=click.FloatRange(0, min_open=True),
               help="Adam learning rate on the latent.")
@@ -93,15 +90,17 @@ def resolve_options(ctx: click.Context, values: dict[str, Any]) -> dict[str, Any
               help="YAML or TOML file of option values (keys as the option names); command-line options win.")
 @click.pass_context
 def attack(ctx: click.Context, **values: Any) -> None:
-    """Attack a dataset with SDOAttack: adversarial PNGs, manifest.jsonl, report.md, grid.png, run.json.
+    """Attack a dataset with SDOAttack: adversarial PNGs, manifest.jsonl, summary.json, report.md,
+    grid.png, run.json.
 
     Runs unchanged under `torchrun --nproc_per_node N` or `accelerate launch`: each process
     takes a fixed shard of the pending images; the manifests are merged at the end."""
-    from sdo_adv.runs import AttackRun, RunError
+    from sdo_adv.runs import AttackRun, AttackRunConfig, RunError, summary_line
 
     options = resolve_options(ctx, values)
     try:
-        run = AttackRun(options, notice=lambda message: click.echo(message, err=True))
+        config = AttackRunConfig(**{k: v for k, v in options.items() if k not in CLI_ONLY})
+        run = AttackRun(config, notice=lambda message: click.echo(message, err=True))
     except RunError as err:
         raise click_error(err) from err
     previous = signal.signal(signal.SIGTERM, _interrupt)
@@ -113,32 +112,25 @@ def attack(ctx: click.Context, **values: Any) -> None:
     finally:
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
     if s is not None:
-        echo_summary(s)
-        click.echo(f"wrote {run.out}: manifest.jsonl, report.md, grid.png, run.json and the PNGs")
+        click.echo(summary_line(s))
+        click.echo(f"wrote {run.out}: manifest.jsonl, summary.json, report.md, grid.png, run.json and the PNGs")
 
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def echo_summary(s: dict[str, Any]) -> None:
-    """One line of a run's summary (see :meth:`sdo_adv.runs.RunOutputs.summary`)."""
-    fmt = lambda v, f: "n/a" if v is None else format(v, f)  # noqa: E731
-    click.echo(f"success {fmt(s['success_rate'], '.0%')} of {s['n']} images | mean L2 {fmt(s['mean_l2'], '.3f')} "
-               f"| mean SSIM {fmt(s['mean_ssim'], '.3f')} | {fmt(s['seconds_per_image'], '.2f')} s/image "
-               f"| failed {len(s['failed'])} | skipped {len(s['skipped'])}")
-
-
 @click.command()
 @click.argument("out", type=click.Path(exists=True, file_okay=False))
 def merge(out: str) -> None:
-    """Merge the per-rank manifests of a sharded attack in OUT (after a crash) and rewrite its report and grid."""
-    from sdo_adv.runs import RunError, RunOutputs
+    """Merge the per-rank manifests of a sharded attack in OUT (after a crash) and rewrite its
+    summary, report and grid."""
+    from sdo_adv.runs import RunError, RunOutputs, summary_line
 
     try:
         outputs = RunOutputs.from_folder(out)
         outputs.merge()
     except RunError as err:
-        raise click_error(err) from err
-    echo_summary(outputs.write())
-    click.echo(f"merged {out}/manifest.jsonl; wrote report.md and grid.png")
+        raise click_error(err, {"out": "OUT"}) from err
+    click.echo(summary_line(outputs.write()))
+    click.echo(f"merged {out}/manifest.jsonl; wrote summary.json, report.md and grid.png")

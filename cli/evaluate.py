@@ -5,6 +5,9 @@ import click
 
 from .common import click_error
 
+# evaluate_run's parameters and this command's flags
+FLAGS = {"adv_dir": "--adv", "specs": "--models", "robustbench_dir": "--robustbench-dir", "out": "--out"}
+
 
 @click.command()
 @click.option("--adv", "adv_dir", required=True, type=click.Path(exists=True, file_okay=False),
@@ -17,8 +20,7 @@ from .common import click_error
               help="Load checkpoints that need arbitrary unpickling (it can run code): trusted files only.")
 def evaluate(adv_dir: str, models: str, robustbench_dir: str, out: str | None, trust_pickle: bool) -> None:
     """Clean and adversarial accuracy, transfer success and fidelity: evaluation.json/.md/.png."""
-    from sdo_adv.evaluation import evaluate_run
-    from sdo_adv.runs import RunError
+    from sdo_adv.runs import RunError, evaluate_run, model_line
 
     specs = [s.strip() for s in models.split(",") if s.strip()]
     if not specs:
@@ -27,11 +29,7 @@ def evaluate(adv_dir: str, models: str, robustbench_dir: str, out: str | None, t
         result = evaluate_run(adv_dir, specs, robustbench_dir, out, notice=lambda m: click.echo(m, err=True),
                               trust_pickle=trust_pickle)
     except RunError as err:
-        raise click_error(err) from err
-    for r in result["models"]:
-        if r["skipped"] is not None:
-            click.echo(f"{r['name']}: skipped ({r['skipped']})")
-        else:
-            click.echo(f"{r['name']}: clean {r['clean_acc']}% | adversarial {r['adv_acc']}% | "
-                       f"transfer {r['transfer_success']}% of successes, {r['transfer_success_all']}% of all")
+        raise click_error(err, FLAGS, folder=adv_dir) from err
+    for record in result["models"]:
+        click.echo(model_line(record))
     click.echo(f"wrote evaluation.json, evaluation.md and evaluation.png to {out or adv_dir}")

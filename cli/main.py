@@ -22,10 +22,10 @@ def main() -> None:
 @click.option("--seed", default=0, show_default=True, type=int)
 def demo(out: str, n_images: int, steps: int | None, seed: int) -> None:
     """Attack held-out digits with the embedded models, offline; write a grid and a report."""
-    from sdo_adv.demo import run_demo
+    from sdo_adv.runs import run_demo
+    from sdo_adv.runs.report import fmt
 
     report = run_demo(out, n=n_images, seed=seed, **({"steps": steps} if steps else {}))
-    fmt = lambda v, f: "n/a" if v is None else format(v, f)  # noqa: E731
     click.echo(f"success {report['success_rate']:.0%} of {report['n_images']} digits "
                f"(clean accuracy {report['clean_accuracy']:.0%}) | mean L2 {fmt(report['mean_l2'], '.2f')} "
                f"| mean SSIM {fmt(report['mean_ssim'], '.3f')} | robust classifier keeps the label "

@@ -1,7 +1,7 @@
 """Robustness evaluation: attack a set with SDO, then score it against a panel of classifiers.
 
 Attacks held-out digits (or ``--input``) with :class:`sdo_adv.runs.AttackRun` into
-``OUT/attack``, then scores the adversarial PNGs with :func:`sdo_adv.evaluation.evaluate_run`
+``OUT/attack``, then scores the adversarial PNGs with :func:`sdo_adv.runs.evaluate_run`
 against a panel: the three embedded digit classifiers, timm models with their pretrained
 weights (default ``resnet18``) and RobustBench models (default ``cifar10/Linf/Wong2020Fast``).
 A model whose weights are absent (timm weights not in the Hugging Face cache while offline, a
@@ -27,8 +27,7 @@ import numpy as np
 import torch
 
 from sdo_adv.data import load_digits
-from sdo_adv.evaluation import evaluate_run
-from sdo_adv.runs import AttackRun, RunError
+from sdo_adv.runs import AttackRun, AttackRunConfig, RunError, evaluate_run, model_line
 
 EMBEDDED = ("sdo-adv:digits-resnet18", "sdo-adv:digits-test_efficientnet", "sdo-adv:digits-resnet18-pgd")
 
@@ -43,10 +42,6 @@ def write_digits(path: Path, n: int) -> Path:
 
 def names(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
-
-
-def percent(value: float | None) -> str:
-    return "n/a" if value is None else f"{value}%"
 
 
 def main() -> None:
@@ -68,25 +63,15 @@ def main() -> None:
     data = args.input or str(write_digits(args.out / "digits.npz", n))
     panel = [*EMBEDDED, *(f"timm:{m}" for m in names(args.timm)),
              *(f"robustbench:{m}" for m in names(args.robustbench))]
-    options = {"classifier": args.classifier, "generator": args.generator, "input": data,
-               "out": str(args.out / "attack"), "labels": None, "targeted": None, "gradient": "sdo",
-               "steps": steps, "lr": 0.1, "depth": 0.5, "num_inference_steps": None, "guidance_scale": None,
-               "batch_size": 8, "seed": 0, "device": "cuda" if torch.cuda.is_available() else "cpu",
-               "config": None}
     try:
-        run = AttackRun(options)
+        run = AttackRun(AttackRunConfig(args.classifier, args.generator, data, str(args.out / "attack"), steps=steps))
         s = run.execute()
         print(f"attack: success {s['success_rate']:.0%} of {s['n']} images against {args.classifier}")
         result = evaluate_run(run.out, panel, args.robustbench_dir, args.out)
     except RunError as err:
         raise SystemExit(f"error: {err}") from err
-    for r in result["models"]:
-        if r["skipped"] is not None:
-            print(f"{r['name']}: skipped ({r['skipped']})")
-        else:
-            print(f"{r['name']}: clean {r['clean_acc']}% | adversarial {r['adv_acc']}% | transfer "
-                  f"{percent(r['transfer_success'])} of the attack's successes, {percent(r['transfer_success_all'])} "
-                  "of all")
+    for record in result["models"]:
+        print(model_line(record))
     print(f"wrote {args.out}/evaluation.json, evaluation.md and evaluation.png; attack outputs in {run.out}")
 
 

@@ -37,8 +37,8 @@ from torch import Tensor, nn
 
 from sdo_adv import load_classifier, load_generator
 from sdo_adv.attacks import SDOAttack
-from sdo_adv.reporting import save_grid
-from sdo_adv.runs import IMAGE_EXTENSIONS, read_image, save_png, to_tensor
+from sdo_adv.runs.figures import save_grid
+from sdo_adv.runs.io import IMAGE_EXTENSIONS, read_image, save_png, to_tensor
 
 # A few ImageNet classes: folder / prompt name -> ImageNet-1k index.
 CLASSES = {"goldfish": 1, "golden retriever": 207, "tabby cat": 281, "airliner": 404, "sports car": 817,

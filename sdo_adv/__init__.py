@@ -9,7 +9,8 @@ from typing import Any
 
 __version__ = "0.1.0"
 _EXPORTS = {
-    "Condition": "generator", "Generator": "generator", "Inversion": "generator",
+    "Condition": "generator", "DiffusionGenerator": "generator", "Generator": "generator",
+    "Inversion": "generator",
     "Estimator": "estimators", "parse_estimator": "estimators",
     "ImageClassifier": "classifier",
     "embedded_models": "loading", "load_classifier": "loading", "load_generator": "loading",

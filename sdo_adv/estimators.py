@@ -1,6 +1,6 @@
 """Gradient estimators: per-step policies that say how each network call joins the graph.
 
-The sampling loop (:meth:`sdo_adv.Generator.sample`) never detaches the latent between
+The sampling loop (:meth:`sdo_adv.DiffusionGenerator.sample`) never detaches the latent between
 steps, so the scheduler's linear update always stays differentiable (the "shortcut").
 An estimator only decides, for each of the ``n`` network calls of one trajectory, whether
 the call keeps its autograd graph (``GRAPH``), keeps it through activation checkpointing
@@ -48,6 +48,12 @@ class Estimator:
     def name(self) -> str:
         return self.kind if self.arg is None else f"{self.kind}:{self.arg}"
 
+    def check(self, n: int) -> None:
+        """Raise a ValueError if this estimator cannot plan a trajectory of ``n`` calls (an
+        ``sdo:<index>`` outside it); draws nothing."""
+        if self.kind == "sdo" and isinstance(self.arg, int) and not -n <= self.arg < n:
+            raise ValueError(f"estimator {self.name!r}: index {self.arg} is outside the {n} sampled steps")
+
     def retained_index(self, n: int) -> int:
         """Index of the one call an ``sdo`` estimator keeps, for a trajectory of ``n`` calls."""
         if self.arg == "first":
@@ -56,10 +62,8 @@ class Estimator:
             return n - 1
         if self.arg == "random":
             return self._rng.randrange(n)
-        index = int(self.arg)
-        if not -n <= index < n:
-            raise ValueError(f"estimator {self.name!r}: index {index} is outside the {n} sampled steps")
-        return index % n
+        self.check(n)
+        return int(self.arg) % n
 
     def plan(self, n: int) -> list[CallMode]:
         if self.kind == "full":

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .estimators import CallMode, Estimator, parse_estimator
 
-SAMPLERS = ("ddim", "dpm++")
+SOLVERS = ("ddim", "dpm++")
 
 
 @dataclass
@@ -44,7 +44,7 @@ class Condition:
 
 @dataclass
 class Inversion:
-    """Result of :meth:`Generator.invert`.
+    """Result of :meth:`DiffusionGenerator.invert`.
 
     ``latent``: the start latent at schedule index ``start`` (same shape as the encoded input);
     ``reconstruction``: images in [0, 1] sampled back from it; ``error``: per-sample mean
@@ -57,29 +57,30 @@ class Inversion:
     error: Tensor
 
 
-class Generator(nn.Module):
+class DiffusionGenerator(nn.Module):
     """Wraps a diffusers UNet, scheduler and optional VAE / text encoder for differentiable sampling.
 
     The generator's parameters are frozen (``requires_grad_(False)``); gradients flow to the
     latent and to conditioning embeddings. ``guidance_scale`` > 1 enables classifier-free
     guidance when a null condition exists (``null_class`` for class-conditional UNets, the
-    empty prompt for text-conditional ones). ``sampler`` picks the scheduler used for
+    empty prompt for text-conditional ones). ``solver`` picks the scheduler used for
     sampling: ``"ddim"`` (deterministic, eta = 0) or ``"dpm++"`` (DPM-Solver++ 2M); any other
     diffusers scheduler instance whose step is linear can be passed as ``scheduler`` with
-    ``sampler=None``. Note that diffusers' DPM-Solver computes its update in float32.
+    ``solver=None``. Note that diffusers' DPM-Solver computes its update in float32.
+    ``Generator`` is an alias of this class, kept for compatibility.
     """
 
     def __init__(self, unet: nn.Module, scheduler: Any, vae: nn.Module | None = None,
                  text_encoder: nn.Module | None = None, tokenizer: Any = None, *,
                  num_inference_steps: int = 50, guidance_scale: float = 1.0,
-                 null_class: int | None = None, sampler: str | None = "ddim",
+                 null_class: int | None = None, solver: str | None = "ddim",
                  class_names: Sequence[str] | None = None,
                  prompt_template: str = "a photo of a {}") -> None:
         super().__init__()
         self.unet, self.vae, self.text_encoder = unet, vae, text_encoder
         self.tokenizer = tokenizer
         self.requires_grad_(False).eval()
-        self.scheduler = _sampling_scheduler(scheduler, sampler)
+        self.scheduler = _sampling_scheduler(scheduler, solver)
         if num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
         self.num_inference_steps = int(num_inference_steps)
@@ -94,13 +95,13 @@ class Generator(nn.Module):
     @classmethod
     def from_diffusers(cls, unet: nn.Module, scheduler: Any, vae: nn.Module | None = None,
                        text_encoder: nn.Module | None = None, tokenizer: Any = None,
-                       num_inference_steps: int = 50, **kwargs: Any) -> "Generator":
+                       num_inference_steps: int = 50, **kwargs: Any) -> "DiffusionGenerator":
         """Build from diffusers components (see the class docstring for ``kwargs``)."""
         return cls(unet, scheduler, vae, text_encoder, tokenizer,
                    num_inference_steps=num_inference_steps, **kwargs)
 
     @classmethod
-    def from_pipeline(cls, pipe: Any, **kwargs: Any) -> "Generator":
+    def from_pipeline(cls, pipe: Any, **kwargs: Any) -> "DiffusionGenerator":
         """Take the components of a loaded diffusers pipeline (DDPM/DDIM, latent, Stable Diffusion)."""
         return cls(pipe.unet, pipe.scheduler, getattr(pipe, "vae", None),
                    getattr(pipe, "text_encoder", None), getattr(pipe, "tokenizer", None), **kwargs)
@@ -236,7 +237,9 @@ class Generator(nn.Module):
         finally:
             hook.remove()
 
-    def _network_call(self, x: Tensor, t: Tensor, cond: Condition | None, mode: CallMode) -> Tensor:
+    def network_call(self, x: Tensor, t: Tensor, cond: Condition | None, mode: CallMode) -> Tensor:
+        """:meth:`denoise` joined to the autograd graph as ``mode`` says (see
+        :mod:`sdo_adv.estimators`): kept, checkpointed, or run without a graph."""
         if mode is CallMode.DETACHED:
             with torch.no_grad():
                 return self.denoise(x, t, cond)
@@ -272,7 +275,7 @@ class Generator(nn.Module):
 
     def ddim_coefficients(self, start: int = 0) -> tuple[Tensor, Tensor]:
         """float64 ``(a, b)`` with ``x_{i+1} = a_i x_i + b_i * output(x_i, t_i)`` for the DDIM
-        (eta = 0) update over the steps from ``start``; exact for the ``ddim`` sampler."""
+        (eta = 0) update over the steps from ``start``; exact for the ``ddim`` solver."""
         sched = self.scheduler
         abar = sched.alphas_cumprod.double()
         ts = self.timesteps()
@@ -293,14 +296,16 @@ class Generator(nn.Module):
 
     # ---- sampling and inversion ---------------------------------------------------------------
     def sample(self, latent: Tensor, *, cond: Condition | None = None,
-               estimator: str | Estimator = "sdo", start: int = 0,
-               return_latent: bool = False) -> Tensor | tuple[Tensor, Tensor]:
-        """Run the sampler from schedule index ``start`` (0 = pure noise) and decode.
+               estimator: str | Estimator = "sdo", start: int = 0, return_latent: bool = False,
+               callback: Callable[[dict[str, Any]], None] | None = None) -> Tensor | tuple[Tensor, Tensor]:
+        """Run the solver from schedule index ``start`` (0 = pure noise) and decode.
 
         ``latent``: ``(B, C, h, w)`` diffusion-space tensor at step ``start``. Returns images in
         [0, 1] (and the final diffusion-space tensor when ``return_latent``). Differentiable
         with respect to ``latent`` and ``cond.embeds`` according to ``estimator``; the dtype of
-        the computation follows ``latent``.
+        the computation follows ``latent``. ``callback`` is called after every step with
+        ``{"i": index into the sampled steps, "t": timestep, "x": the new state, "output":
+        the network output, "mode": its CallMode}``.
         """
         estimator = parse_estimator(estimator)
         sched = self.trajectory_scheduler(latent.device)
@@ -308,9 +313,11 @@ class Generator(nn.Module):
         if len(steps) == 0:
             raise ValueError(f"start {start} leaves no step of the {len(sched.timesteps)}-step schedule")
         x = latent
-        for t, mode in zip(steps, estimator.plan(len(steps))):
-            out = self._network_call(x, t, cond, mode)
+        for i, (t, mode) in enumerate(zip(steps, estimator.plan(len(steps)))):
+            out = self.network_call(x, t, cond, mode)
             x = sched.step(out, t, x).prev_sample
+            if callback is not None:
+                callback({"i": i, "t": t, "x": x, "output": out, "mode": mode})
         images = self.decode(x)
         return (images, x) if return_latent else images
 
@@ -337,7 +344,10 @@ class Generator(nn.Module):
         return Inversion(x, start, recon, error)
 
 
-def _sampling_scheduler(scheduler: Any, sampler: str | None) -> Any:
+Generator = DiffusionGenerator
+
+
+def _sampling_scheduler(scheduler: Any, solver: str | None) -> Any:
     """A copy of ``scheduler`` converted for deterministic sampling, with sample clipping and
     thresholding switched off (their clamps zero the gradient of clipped elements)."""
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
@@ -347,11 +357,11 @@ def _sampling_scheduler(scheduler: Any, sampler: str | None) -> Any:
     if overrides:
         warnings.warn(f"scheduler options {sorted(overrides)} clamp samples and kill their gradients; "
                       "they are switched off for differentiable sampling", stacklevel=3)
-    if sampler is None:
+    if solver is None:
         return type(scheduler).from_config(config, **overrides)
-    if sampler == "ddim":
+    if solver == "ddim":
         return DDIMScheduler.from_config(config, **overrides)
-    if sampler == "dpm++":
+    if solver == "dpm++":
         return DPMSolverMultistepScheduler.from_config(
             config, **overrides, algorithm_type="dpmsolver++", solver_order=2)
-    raise ValueError(f"unknown sampler {sampler!r}; accepted: {', '.join(SAMPLERS)} or None")
+    raise ValueError(f"unknown solver {solver!r}; accepted: {', '.join(SOLVERS)} or None")

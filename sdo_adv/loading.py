@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .classifier import ImageClassifier
-from .generator import Generator
+from .generator import DiffusionGenerator
 
 MODELS_DIR = Path(__file__).parent / "models"
 GENERATOR_FORMS = ("sdo-adv:<embedded name>", "a local diffusers folder", "a hub id org/name")
@@ -53,48 +53,66 @@ def _embedded(name: str, kind: str) -> dict[str, Any]:
 
 
 # ---- generators ---------------------------------------------------------------------------
-def load_generator(spec: str | Path | Generator, **kwargs: Any) -> Generator:
-    """Load a :class:`Generator`. ``kwargs`` override the stored defaults
-    (``num_inference_steps``, ``guidance_scale``, ``sampler``, ``null_class``, ...) and
-    ``torch_dtype`` is passed to diffusers."""
-    if isinstance(spec, Generator):
-        return spec
-    if not isinstance(spec, (str, Path)):
-        raise TypeError(f"generator spec must be a string, a path or a Generator, got {type(spec).__name__}")
+STORED_SETTINGS = ("num_inference_steps", "guidance_scale", "null_class", "solver", "class_names", "prompt_template")
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+
+
+def generator_source(spec: str | Path) -> str | Path:
+    """Where a generator spec's model lives: an embedded or local diffusers folder (a Path),
+    or a hub id (a str). Checks the spec without loading anything: an unknown embedded name,
+    a missing folder or a folder without ``model_index.json`` raise at once."""
     spec_s = str(spec)
     if spec_s.startswith("sdo-adv:"):
-        return _generator_from_folder(_embedded(spec_s.split(":", 1)[1], "generator")["path"], kwargs)
+        return _embedded(spec_s.split(":", 1)[1], "generator")["path"]
     path = Path(spec_s).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").exists():
             raise FileNotFoundError(f"{path} is not a diffusers folder: model_index.json is missing")
-        return _generator_from_folder(path, kwargs)
-    parts = spec_s.split("/")
-    if len(parts) == 2 and all(parts) and ":" not in spec_s and not path.exists():
-        return _generator_from_folder(spec_s, kwargs)
-    raise ValueError(f"unknown generator spec {spec_s!r} (no such folder); accepted forms: "
-                     + ", ".join(GENERATOR_FORMS))
+        return path
+    if path.exists():
+        raise ValueError(f"generator {spec_s!r} is a file; give a diffusers folder, an embedded name or a hub id")
+    if HUB_ID.fullmatch(spec_s) and not spec_s.startswith((".", "~")):
+        return spec_s
+    if any(sep in spec_s for sep in "/\\") or spec_s.startswith((".", "~")):
+        raise FileNotFoundError(f"no such folder: {spec_s}")
+    raise ValueError(f"unknown generator spec {spec_s!r}; accepted forms: " + ", ".join(GENERATOR_FORMS))
 
 
-def _generator_from_folder(source: str | Path, kwargs: dict[str, Any]) -> Generator:
+def generator_settings(spec: str | Path) -> dict[str, Any]:
+    """The settings stored beside a generator (its ``sdo_adv.json``: ``num_inference_steps``,
+    ``guidance_scale``, ``solver``, ...), read without loading it; empty for hub ids and
+    folders without one."""
+    source = generator_source(spec)
+    info = Path(source) / "sdo_adv.json"
+    if not isinstance(source, Path) or not info.is_file():
+        return {}
+    stored = json.loads(info.read_text())
+    if "sampler" in stored and "solver" not in stored:  # the key's name before 0.2
+        stored["solver"] = stored["sampler"]
+    return {k: stored[k] for k in STORED_SETTINGS if k in stored}
+
+
+def load_generator(spec: str | Path | DiffusionGenerator, **kwargs: Any) -> DiffusionGenerator:
+    """Load a :class:`DiffusionGenerator`. ``kwargs`` override the stored defaults
+    (``num_inference_steps``, ``guidance_scale``, ``solver``, ``null_class``, ...) and
+    ``torch_dtype`` is passed to diffusers."""
+    if isinstance(spec, DiffusionGenerator):
+        return spec
+    if not isinstance(spec, (str, Path)):
+        raise TypeError(f"generator spec must be a string, a path or a DiffusionGenerator, got {type(spec).__name__}")
     from diffusers import DiffusionPipeline
 
+    source = generator_source(spec)
     torch_dtype = kwargs.pop("torch_dtype", None)
     extra = {"safety_checker": None, "requires_safety_checker": False}
-    index = json.loads((Path(source) / "model_index.json").read_text()) if Path(source).is_dir() else {}
+    index = json.loads((source / "model_index.json").read_text()) if isinstance(source, Path) else {}
     if index and "safety_checker" not in index:
         extra = {}
     try:
         pipe = DiffusionPipeline.from_pretrained(source, torch_dtype=torch_dtype, **extra)
     except OSError as err:
         raise FileNotFoundError(f"cannot load diffusers model {str(source)!r}: {err}") from err
-    defaults: dict[str, Any] = {}
-    info = Path(source) / "sdo_adv.json"
-    if info.exists():
-        stored = json.loads(info.read_text())
-        defaults = {k: stored[k] for k in ("num_inference_steps", "guidance_scale", "null_class",
-                                           "sampler", "class_names", "prompt_template") if k in stored}
-    return Generator.from_pipeline(pipe, **{**defaults, **kwargs})
+    return DiffusionGenerator.from_pipeline(pipe, **{**generator_settings(spec), **kwargs})
 
 
 # ---- classifiers ----------------------------------------------------------------------------
@@ -130,6 +148,44 @@ def load_classifier(spec: str | Path | nn.Module, *, pretrained: bool = False,
     raise ValueError(f"unknown classifier spec {spec_s!r}; accepted forms: " + ", ".join(CLASSIFIER_FORMS))
 
 
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint that only arbitrary unpickling can read; ``problem`` says why, without the remedy."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(f"{problem}; if you trust the file, pass trust_pickle=True")
+        self.problem = problem
+
+
+def check_classifier_spec(spec: str | Path) -> None:
+    """Check a classifier spec string without loading weights: its form, an embedded or timm
+    model's name, a robustbench dataset, the files it names. Raises ValueError or
+    FileNotFoundError naming the problem."""
+    spec_s = str(spec)
+    scheme, sep, rest = spec_s.partition(":")
+    if sep and scheme == "sdo-adv":
+        _embedded(rest, "classifier")
+    elif sep and scheme == "timm":
+        import timm
+
+        name, _, ckpt = rest.partition("@")
+        if not timm.is_model(name):
+            raise ValueError(f"unknown timm model {name!r}")
+        if ckpt and not Path(ckpt).is_file():
+            raise FileNotFoundError(f"checkpoint not found: {ckpt}")
+    elif sep and scheme == "robustbench":
+        parts = rest.split("/")
+        if len(parts) != 3 or not all(parts):
+            raise ValueError(f"robustbench spec must be robustbench:<dataset>/<threat model>/<model name>, "
+                             f"got {rest!r}")
+        if parts[0] not in ROBUSTBENCH_INPUT:
+            raise ValueError(f"unknown robustbench dataset {parts[0]!r}; accepted: {', '.join(ROBUSTBENCH_INPUT)}")
+    elif spec_s.split(":")[0].endswith(".py"):
+        if not Path(spec_s.split(":")[0]).is_file():
+            raise FileNotFoundError(f"classifier file not found: {spec_s.split(':')[0]}")
+    else:
+        raise ValueError(f"unknown classifier spec {spec_s!r}; accepted forms: " + ", ".join(CLASSIFIER_FORMS))
+
+
 def load_state_dict(path: str | Path, *, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
     """Load weights from ``.safetensors`` or with ``torch.load(weights_only=True)``; unwrap
     ``state_dict`` / ``model`` containers, pickled modules and ``module.`` prefixes.
@@ -149,9 +205,8 @@ def load_state_dict(path: str | Path, *, trust_pickle: bool = False) -> dict[str
     except Exception as err:
         unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
         if unsafe:
-            raise ValueError(f"{path} needs arbitrary unpickling (it holds a {unsafe[1]}), which can run code "
-                             "from the file, so torch.load(weights_only=True) refuses it; if you trust the file, "
-                             "pass trust_pickle=True (command line: --trust-pickle)") from err
+            raise UnsafeCheckpointError(f"{path} needs arbitrary unpickling (it holds a {unsafe[1]}), which can "
+                                        "run code from the file, so torch.load(weights_only=True) refuses it") from err
         reason = next((line.strip() for line in str(err).split("WeightsUnpickler error:")[-1].splitlines()
                        if line.strip()), type(err).__name__)
         raise ValueError(f"{path} is not a readable PyTorch checkpoint: {reason}") from err

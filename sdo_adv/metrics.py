@@ -1,6 +1,8 @@
 """Fidelity metrics between image batches ``(B, C, H, W)`` in [0, 1]; each returns ``(B,)``."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -43,3 +45,10 @@ def ssim(a: Tensor, b: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:
     c1, c2 = 0.01**2, 0.03**2
     s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
     return s.flatten(1).mean(1).float()
+
+
+def measure(adv: Tensor, orig: Tensor) -> dict[str, list[float | None]]:
+    """Per-image ``l2``, ``linf``, ``ssim`` and ``psnr`` (dB; None when identical) of ``adv``
+    against ``orig``, as lists."""
+    return {"l2": l2(adv, orig).tolist(), "linf": linf(adv, orig).tolist(), "ssim": ssim(adv, orig).tolist(),
+            "psnr": [v if math.isfinite(v) else None for v in psnr(adv, orig).tolist()]}

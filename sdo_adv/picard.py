@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from .estimators import CallMode, Estimator, parse_estimator
-from .generator import Condition, Generator
+from .generator import Condition, DiffusionGenerator
 
 HOLDS = ("output", "clean")
 
@@ -62,7 +62,7 @@ class Trajectory:
 
 
 class PicardSampler:
-    """Parallel sampling for a :class:`Generator` with a DDIM scheduler.
+    """Parallel sampling for a :class:`DiffusionGenerator` with a DDIM scheduler.
 
     ``sweeps``: at most this many sweeps per call; ``tol``: stop earlier once the largest
     relative update of any state falls below it; ``max_batch``: most images per network call
@@ -70,7 +70,7 @@ class PicardSampler:
     what a sweep holds fixed, ``"output"`` or ``"clean"`` (see the module's docstring).
     """
 
-    def __init__(self, generator: Generator, sweeps: int = 1, tol: float | None = None,
+    def __init__(self, generator: DiffusionGenerator, sweeps: int = 1, tol: float | None = None,
                  max_batch: int | None = None, hold: str = "output") -> None:
         from diffusers import DDIMScheduler
 
@@ -152,7 +152,7 @@ class PicardSampler:
         for k, mode in enumerate(estimator.plan(len(ts))):
             # a detached output sets only the value, which the refined state replaces below
             out = torch.zeros_like(x) if mode is CallMode.DETACHED else \
-                self.generator._network_call(x, ts[k], cond, mode)
+                self.generator.network_call(x, ts[k], cond, mode)
             x = sched.step(out, ts[k], x).prev_sample
             x = x + (trajectory.states[k + 1] - x).detach()
         return self.generator.decode(x), trajectory

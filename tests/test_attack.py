@@ -160,7 +160,7 @@ def test_conditioning_optimization(models, optimize):
 def test_skip_refuses_conditioning_optimization(models):
     model, gen = models
     with pytest.raises(ValueError, match="no gradient"):
-        SDOAttack(model, gen, gradient="skip", optimize="cond")
+        SDOAttack(model, gen, estimator="skip", optimize="cond")
 
 
 class NoSampling:
@@ -226,7 +226,7 @@ def test_latent_class_pipeline_end_to_end():
     gen = latent_class_generator()
     model = load_classifier(TinyClassifier(channels=3, size=16), input_size=(3, 16, 16))
     images, labels = batch(2, channels=3, size=16)
-    adv = SDOAttack(model, gen, steps=2, gradient="sdo:random")(images, labels)
+    adv = SDOAttack(model, gen, steps=2, estimator="sdo:random")(images, labels)
     assert adv.shape == images.shape
 
 
@@ -266,7 +266,7 @@ def test_picard_attack_tracks_sequential(models):
 def test_picard_needs_ddim(models):
     model, _ = models
     with pytest.raises(ValueError, match="ddim"):
-        SDOAttack(model, pixel_generator(steps=3, sampler="dpm++"), sampler="picard")
+        SDOAttack(model, pixel_generator(steps=3, solver="dpm++"), sampler="picard")
     with pytest.raises(ValueError, match="unknown sampler"):
         SDOAttack(model, pixel_generator(steps=3), sampler="jacobi")
 

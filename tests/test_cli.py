@@ -1,4 +1,5 @@
 """`sdo-adv attack` and `sdo-adv evaluate` on tiny random-weight models and 8x8 inputs, offline."""
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -9,7 +10,8 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from sdo_adv import Generator, ImageClassifier, runs
+from sdo_adv import DiffusionGenerator, ImageClassifier
+from sdo_adv.runs import AttackRunConfig, attack_run
 from sdo_adv.cli.main import main
 from tiny import NUM_CLASSES, ddpm_scheduler, tiny_unet
 
@@ -85,7 +87,7 @@ def no_compute(monkeypatch):
         raise AssertionError("model compute happened before the input was checked")
 
     monkeypatch.setattr(ImageClassifier, "forward", fail)
-    monkeypatch.setattr(Generator, "invert", fail)
+    monkeypatch.setattr(DiffusionGenerator, "invert", fail)
 
 
 def test_outputs_and_manifest(assets, attacked):
@@ -102,8 +104,9 @@ def test_outputs_and_manifest(assets, attacked):
     run = json.loads((out / "run.json").read_text())
     assert run["config"]["steps"] == 1 and run["config"]["num_inference_steps"] == 2
     assert run["config"]["lr"] == 0.1 and run["config"]["guidance_scale"] == 1.0 and run["config"]["depth"] == 0.5
-    assert set(run["config"]) >= {"classifier", "generator", "input", "out", "labels", "targeted", "gradient",
-                                  "batch_size", "seed", "device", "config"}
+    assert set(run["config"]) == {f.name for f in dataclasses.fields(AttackRunConfig)}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n"] == 8 and summary["success_rate"] == sum(r["success"] for r in rows) / 8
     assert set(run["versions"]) == {"python", "torch", "diffusers", "timm", "torchattacks", "robustbench", "sdo-adv"}
     assert "success" in result.output and "of 8 images" in result.output
 
@@ -122,7 +125,7 @@ def test_outputs_and_manifest(assets, attacked):
 
 def test_resume_after_interruption(assets, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    save, calls = runs.save_png, []
+    save, calls = attack_run.save_png, []
 
     def failing_save(image, path):
         calls.append(path)
@@ -130,13 +133,13 @@ def test_resume_after_interruption(assets, tmp_path, monkeypatch):
             raise RuntimeError("killed")
         save(image, path)
 
-    monkeypatch.setattr(runs, "save_png", failing_save)
+    monkeypatch.setattr(attack_run, "save_png", failing_save)
     result = invoke(*attack_args(assets, out, "--batch-size", "3"))
     assert isinstance(result.exception, RuntimeError)
     assert len(manifest(out)) == 3
     with (out / "manifest.jsonl").open("a") as f:
         f.write('{"source": "3/img 7.png", "file": "3__im')  # torn last line
-    monkeypatch.setattr(runs, "save_png", save)
+    monkeypatch.setattr(attack_run, "save_png", save)
     result = invoke(*attack_args(assets, out, "--batch-size", "2"))
     assert result.exit_code == 0, result.output
     assert "resuming: 3 of 8" in result.output
@@ -221,7 +224,9 @@ def bad_inputs(assets, tmp):
         (["--labels", str(tmp / "big.csv")], flat, "label 7 of a.png is outside the classifier's 4 classes"),
         ([], flat, "has no class subfolders"),
         (["--classifier", "keras:resnet"], None, "unknown classifier spec 'keras:resnet'; accepted forms"),
-        (["--generator", "no/such/thing"], None, "unknown generator spec"),
+        (["--generator", "no/such/thing"], None, "no such folder: no/such/thing"),
+        (["--generator", "sdo-adv:nope"], None, "unknown embedded generator 'nope'"),
+        (["--gradient", "sdo:99"], None, "index 99 is outside the 2 sampled steps"),
         (["--gradient", "bptt"], None, "unknown gradient estimator"),
         (["--targeted", "sideways"], None, "neither random, least-likely, next nor an existing CSV"),
         (["--targeted", str(tmp / "targets.csv")], None, "the targets CSV has no row for 7 item(s)"),
@@ -252,7 +257,7 @@ def test_config_file(assets, tmp_path, suffix):
     assert result.exit_code == 0, result.output
     config = json.loads((tmp_path / "out" / "run.json").read_text())["config"]
     assert config["seed"] == 5 and config["batch_size"] == 8 and config["num_inference_steps"] == 1
-    assert config["config"] == str(cfg) and len(manifest(tmp_path / "out")) == 8
+    assert config["classifier"] == values["classifier"] and len(manifest(tmp_path / "out")) == 8
 
 
 def test_config_file_errors(assets, tmp_path, no_compute):
@@ -287,7 +292,7 @@ def test_evaluate(assets, attacked, tmp_path):
     assert records[f"{net}:create_other"]["skipped"] is None
     rb = records["robustbench:cifar10/Linf/Standard"]
     assert rb["skipped"].startswith("weights not found") and rb["clean_acc"] is None
-    assert ev["fidelity"]["mean_l2"] == pytest.approx(np.mean([r["l2"] for r in rows]), abs=1e-5)
+    assert ev["image_metrics"]["mean_l2"] == pytest.approx(np.mean([r["l2"] for r in rows]), abs=1e-5)
     assert "weights not present locally" in ev["lpips"]["skipped"] and "skipped" in ev["fid"]
     table = (tmp_path / "eval" / "evaluation.md").read_text()
     assert "| `robustbench:cifar10/Linf/Standard` | skipped: weights not found" in table

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from sdo_adv.data import load_digits
-from sdo_adv.runs import AttackRun
+from sdo_adv.runs import AttackRun, AttackRunConfig
 
 ATTACK = ["attack", "--classifier", "sdo-adv:digits-resnet18", "--generator", "sdo-adv:digits",
           "--steps", "6", "--batch-size", "2", "--seed", "3", "--device", "cpu"]
@@ -108,12 +108,10 @@ def test_merge_refuses_a_folder_without_a_run(tmp_path):
 
 def test_out_of_memory_halves_the_batch_and_says_so(tmp_path):
     data = digits_npz(tmp_path / "digits.npz", n=5)
-    options = {"classifier": "sdo-adv:digits-resnet18", "generator": "sdo-adv:digits", "input": str(data),
-               "out": str(tmp_path / "out"), "labels": None, "targeted": None, "gradient": "sdo", "steps": 1,
-               "lr": 0.1, "depth": 0.5, "num_inference_steps": None, "guidance_scale": None, "batch_size": 4,
-               "seed": 0, "device": "cpu", "config": None}
+    config = AttackRunConfig("sdo-adv:digits-resnet18", "sdo-adv:digits", str(data), str(tmp_path / "out"),
+                             steps=1, batch_size=4, device="cpu")
     notices = []
-    run_ = AttackRun(options, notice=notices.append)
+    run_ = AttackRun(config, notice=notices.append)
     forward, sizes = run_.attack.forward, []
 
     def small_memory(images, labels):
@@ -135,7 +133,7 @@ def test_merge_refuses_while_an_attack_writes(single, tmp_path):
     from click.testing import CliRunner
 
     from sdo_adv.cli.main import main
-    from sdo_adv.runs import run_lock
+    from sdo_adv.runs.manifest import run_lock
 
     out = shutil.copytree(single[1], tmp_path / "out")
     with run_lock(out):

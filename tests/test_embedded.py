@@ -75,7 +75,7 @@ def test_shipped_digits():
 
 
 def test_quick_demo_measures_success(tmp_path):
-    from sdo_adv.demo import run_demo
+    from sdo_adv.runs import run_demo
 
     report = run_demo(tmp_path, n=3, steps=2, progress=False)
     for key in ("success_rate", "mean_l2", "mean_ssim", "robust_keeps_label", "seconds_per_image", "items"):

@@ -26,7 +26,7 @@ from PIL import Image
 from sdo_adv import load_classifier
 from sdo_adv.attacks import SDOAttack
 from sdo_adv.cli.main import main
-from sdo_adv.runs import IMAGE_EXTENSIONS
+from sdo_adv.runs.io import IMAGE_EXTENSIONS
 from tiny import NUM_CLASSES, TinyClassifier, ddpm_scheduler, pixel_generator, tiny_unet
 
 FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)

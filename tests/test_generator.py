@@ -1,4 +1,4 @@
-"""Generator: schedule indexing, inversion algebra, conditioning."""
+"""DiffusionGenerator: schedule indexing, inversion algebra, conditioning."""
 import pytest
 import torch
 
@@ -58,5 +58,5 @@ def test_conditioning_errors():
     gen = pixel_generator(steps=2)
     with pytest.raises(ValueError, match="class labels"):
         gen.condition()
-    with pytest.raises(ValueError, match="unknown sampler"):
-        pixel_generator(sampler="euler")
+    with pytest.raises(ValueError, match="unknown solver"):
+        pixel_generator(solver="euler")

@@ -145,10 +145,10 @@ def test_float32_and_float64_follow_the_latent():
         assert 0 <= images.min() and images.max() <= 1
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "dpm++"])
+@pytest.mark.parametrize("solver", ["ddim", "dpm++"])
 @pytest.mark.parametrize("steps", [3, 12])
-def test_sdo_graph_holds_exactly_one_network_call(sampler, steps):
-    gen = pixel_generator(steps=steps, sampler=sampler)
+def test_sdo_graph_holds_exactly_one_network_call(solver, steps):
+    gen = pixel_generator(steps=steps, solver=solver)
     calls = []
     gen.unet.register_forward_hook(lambda m, i, o: calls.append(o.sample.requires_grad))
     x = torch.randn(2, 1, 8, 8, requires_grad=True)
@@ -184,9 +184,9 @@ def test_sdo_index_outside_schedule():
 def test_clip_sample_is_switched_off_with_a_warning():
     from diffusers import DDIMScheduler
 
-    from sdo_adv import Generator
+    from sdo_adv import DiffusionGenerator
     from tiny import tiny_unet
 
     with pytest.warns(UserWarning, match="clip_sample"):
-        gen = Generator.from_diffusers(unet=tiny_unet(), scheduler=DDIMScheduler(), num_inference_steps=3)
+        gen = DiffusionGenerator.from_diffusers(unet=tiny_unet(), scheduler=DDIMScheduler(), num_inference_steps=3)
     assert gen.scheduler.config.clip_sample is False

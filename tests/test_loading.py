@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from sdo_adv import Generator, ImageClassifier, load_classifier, load_generator
+from sdo_adv import DiffusionGenerator, ImageClassifier, load_classifier, load_generator
 from sdo_adv.loading import load_state_dict
 from tiny import TinyClassifier, ddpm_scheduler, tiny_cond_unet, tiny_text_encoder, tiny_unet, tiny_vae
 
@@ -37,7 +37,7 @@ def save_latent_text(folder: Path) -> Path:
 
 def test_pixel_ddpm_folder(tmp_path):
     gen = load_generator(save_ddpm(tmp_path / "ddpm"), num_inference_steps=3, guidance_scale=2.0)
-    assert isinstance(gen, Generator) and type(gen.scheduler).__name__ == "DDIMScheduler"
+    assert isinstance(gen, DiffusionGenerator) and type(gen.scheduler).__name__ == "DDIMScheduler"
     assert gen.image_size == 8 and gen.image_channels == 1 and gen.num_classes == 4
     images = gen.sample(torch.randn(2, 1, 8, 8), cond=gen.condition(torch.tensor([0, 3])))
     assert images.shape == (2, 1, 8, 8)
@@ -46,7 +46,7 @@ def test_pixel_ddpm_folder(tmp_path):
 def test_stored_defaults_are_read(tmp_path):
     folder = save_ddpm(tmp_path / "ddpm")
     (folder / "sdo_adv.json").write_text(json.dumps({"num_inference_steps": 7, "guidance_scale": 3.0,
-                                                     "sampler": "dpm++"}))
+                                                     "solver": "dpm++"}))
     gen = load_generator(folder)
     assert gen.num_inference_steps == 7 and gen.guidance_scale == 3.0
     assert type(gen.scheduler).__name__ == "DPMSolverMultistepScheduler"
@@ -65,7 +65,9 @@ def test_latent_text_pipeline_folder(tmp_path):
     assert torch.allclose(gen.sample(inv.latent, cond=cond, start=inv.start), inv.reconstruction, atol=1e-5)
 
 
-@pytest.mark.parametrize("spec,match", [("nowhere/at/all", "unknown generator spec"),
+@pytest.mark.parametrize("spec,match", [("nowhere/at/all", "no such folder: nowhere/at/all"),
+                                        ("./nowhere", "no such folder: ./nowhere"),
+                                        ("nowhere", "unknown generator spec 'nowhere'"),
                                         ("sdo-adv:nope", "unknown embedded generator"),
                                         ("org/absent-model", "cannot load diffusers model")])
 def test_bad_generator_specs(spec, match):
@@ -147,7 +149,7 @@ def test_pickled_checkpoint_is_refused_unless_trusted(tmp_path, monkeypatch, wra
         with pytest.raises(ValueError, match="needs arbitrary unpickling") as err:
             load_classifier(spec, num_classes=3)
     assert "can run code" in str(err.value) and "trust_pickle=True" in str(err.value)
-    assert "--trust-pickle" in str(err.value)
+    assert "trust_pickle=True" in str(err.value)
     clf = load_classifier(spec, num_classes=3, trust_pickle=True)
     assert all(torch.equal(v, reference.state_dict()[k]) for k, v in clf.model.state_dict().items())
 

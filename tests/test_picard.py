@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from sdo_adv.picard import PicardSampler, Trajectory
-from sdo_adv import Generator
+from sdo_adv import DiffusionGenerator
 from tiny import ddpm_scheduler, pixel_generator, tiny_unet
 
 T = 6
@@ -48,7 +48,7 @@ def test_without_a_trajectory_the_exact_one_is_computed(gen):
 @pytest.mark.parametrize("prediction_type", ["v_prediction", "sample"])
 def test_exact_for_every_prediction_type(prediction_type, hold):
     torch.manual_seed(1)
-    other = Generator.from_diffusers(unet=tiny_unet(), scheduler=ddpm_scheduler(prediction_type=prediction_type),
+    other = DiffusionGenerator.from_diffusers(unet=tiny_unet(), scheduler=ddpm_scheduler(prediction_type=prediction_type),
                                      num_inference_steps=4, guidance_scale=1.5).to(torch.float64)
     x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
     cond = other.condition(torch.tensor([0, 1]))
@@ -144,7 +144,7 @@ def test_sdo_graph_holds_one_call_and_sweeps_batch_over_time(gen):
 
 def test_needs_ddim_and_a_known_hold(gen):
     with pytest.raises(ValueError, match="ddim"):
-        PicardSampler(pixel_generator(steps=3, sampler="dpm++"))
+        PicardSampler(pixel_generator(steps=3, solver="dpm++"))
     with pytest.raises(ValueError, match="unknown hold"):
         PicardSampler(gen, hold="noise")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sdo_adv import Generator
+from sdo_adv import DiffusionGenerator
 
 NUM_CLASSES = 4
 
@@ -29,11 +29,11 @@ def ddpm_scheduler(**kw):
                          clip_sample=False, **kw)
 
 
-def pixel_generator(steps: int = 5, guidance_scale: float = 2.0, sampler: str = "ddim",
-                    dtype=torch.float32, **kw) -> Generator:
-    gen = Generator.from_diffusers(unet=tiny_unet(), scheduler=ddpm_scheduler(),
+def pixel_generator(steps: int = 5, guidance_scale: float = 2.0, solver: str = "ddim",
+                    dtype=torch.float32, **kw) -> DiffusionGenerator:
+    gen = DiffusionGenerator.from_diffusers(unet=tiny_unet(), scheduler=ddpm_scheduler(),
                                    num_inference_steps=steps, guidance_scale=guidance_scale,
-                                   sampler=sampler, **kw)
+                                   solver=solver, **kw)
     return gen.to(dtype)
 
 
@@ -77,15 +77,15 @@ def tiny_text_encoder(folder: Path, hidden: int = 16):
     return tok, enc
 
 
-def latent_text_generator(tmp: Path, steps: int = 4, guidance_scale: float = 2.0) -> Generator:
+def latent_text_generator(tmp: Path, steps: int = 4, guidance_scale: float = 2.0) -> DiffusionGenerator:
     tok, enc = tiny_text_encoder(tmp / "tokenizer")
-    return Generator.from_diffusers(unet=tiny_cond_unet(), scheduler=ddpm_scheduler(), vae=tiny_vae(),
+    return DiffusionGenerator.from_diffusers(unet=tiny_cond_unet(), scheduler=ddpm_scheduler(), vae=tiny_vae(),
                                     text_encoder=enc, tokenizer=tok, num_inference_steps=steps,
                                     guidance_scale=guidance_scale, class_names=["cat", "dog", "car", "boat"])
 
 
-def latent_class_generator(steps: int = 4) -> Generator:
-    return Generator.from_diffusers(unet=tiny_cond_unet(num_class_embeds=NUM_CLASSES + 1),
+def latent_class_generator(steps: int = 4) -> DiffusionGenerator:
+    return DiffusionGenerator.from_diffusers(unet=tiny_cond_unet(num_class_embeds=NUM_CLASSES + 1),
                                     scheduler=ddpm_scheduler(), vae=tiny_vae(),
                                     num_inference_steps=steps, guidance_scale=2.0)
 

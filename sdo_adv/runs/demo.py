@@ -10,10 +10,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import metrics
-from .data import load_digits
-from .loading import load_classifier, load_generator
-from .reporting import save_grid
+from .. import metrics
+from ..attacks import SDOAttack
+from ..data import load_digits
+from ..loading import load_classifier, load_generator
+from .figures import save_grid
+from .io import atomic_write, write_text
 
 GENERATOR = "sdo-adv:digits"
 CLASSIFIER = "sdo-adv:digits-resnet18"
@@ -25,8 +27,6 @@ def run_demo(out: str | Path = "demo", n: int = 16, seed: int = 0, progress: boo
     """Attack the first ``n`` shipped held-out digits against the standard embedded classifier
     with SDOAttack's defaults (overridable by ``attack_kwargs``); write ``grid.png``,
     ``report.json`` and ``adversarial.npz`` (float32 images, labels) to ``out``; return the report."""
-    from sdo_adv.attacks import SDOAttack
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
@@ -45,7 +45,7 @@ def run_demo(out: str | Path = "demo", n: int = 16, seed: int = 0, progress: boo
     report = {
         "generator": GENERATOR, "classifier": CLASSIFIER, "robust_classifier": ROBUST_CLASSIFIER,
         "n_images": n, "seed": seed, "attack": {k: v for k, v in attack_kwargs.items()},
-        "gradient": attack.gradient, "steps": attack.steps, "depth": attack.depth,
+        "estimator": attack.estimator.name, "steps": attack.steps, "depth": attack.depth,
         "clean_accuracy": correct.float().mean().item(),
         "success_rate": fooled.sum().item() / max(1, correct.sum().item()),
         "success_rate_definition": "fooled / clean-correct images, untargeted",
@@ -66,9 +66,7 @@ def run_demo(out: str | Path = "demo", n: int = 16, seed: int = 0, progress: boo
     save_grid(images, adv, labels.tolist(), r.adv_pred.tolist(), out / "grid.png",
               title=f"SDOAttack on {CLASSIFIER}: {report['success_rate']:.0%} success, "
                     f"robust classifier keeps the label for {report['robust_keeps_label'] or 0:.0%}")
-    np.savez_compressed(out / "adversarial.tmp.npz", images=adv.numpy(), labels=labels.numpy())
-    (out / "adversarial.tmp.npz").replace(out / "adversarial.npz")
-    tmp = out / "report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(out / "report.json")
+    with atomic_write(out / "adversarial.npz") as f:
+        np.savez_compressed(f, images=adv.numpy(), labels=labels.numpy())
+    write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
     return report

@@ -4,8 +4,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 from torch import Tensor
+
+from .io import atomic_write
 
 
 def save_grid(originals: Tensor, adversarials: Tensor, labels: Sequence[int], predictions: Sequence[int],
@@ -41,15 +42,16 @@ def save_grid(originals: Tensor, adversarials: Tensor, labels: Sequence[int], pr
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def save_figure(fig: object, path: str | Path) -> Path:
+    """Write a matplotlib figure as a PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
-    tmp.replace(path)
     return path
-
-
-def to_uint8(images: Tensor) -> Tensor:
-    """[0, 1] float images -> uint8 (rounded)."""
-    return (images.clamp(0, 1) * 255).round().to(torch.uint8)

@@ -3,7 +3,7 @@
 For each classifier: accuracy on the originals and on the adversarial PNGs, and transfer
 success (the share of the attack's successful images that also fool it, and of all images).
 Records follow RobustBench's ``model_info`` entries where fields apply (accuracies and rates
-in percent); fidelity is measured once over the set.
+in percent); image metrics (L2, L-inf, SSIM, PSNR) are measured once over the set.
 """
 from __future__ import annotations
 
@@ -15,8 +15,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from .loading import load_classifier
-from .runs import MANIFEST, PART_GLOB, RUN, Manifest, RunError, fidelity, mean, read_dataset, read_image, to_tensor, write_text
+from .. import metrics
+from ..loading import UnsafeCheckpointError, load_classifier
+from .config import AttackRunConfig
+from .dataset import read_dataset
+from .errors import RunError
+from .figures import save_figure
+from .io import read_image, to_tensor, write_text
+from .manifest import MANIFEST, PART_GLOB, Manifest
+from .report import RUN, fmt, mean
 
 THREAT_MODEL = "natural-diffusion"
 # Weights the optional metrics would need, in torch hub's checkpoint folder.
@@ -44,15 +51,15 @@ def evaluate_run(adv_dir: str | Path, specs: Sequence[str], robustbench_dir: str
     adv_dir = Path(adv_dir)
     out = Path(out) if out is not None else adv_dir
     if not (adv_dir / RUN).is_file():
-        raise RunError(f"{adv_dir} has no {RUN}: not an sdo-adv attack folder", "adv")
-    config = json.loads((adv_dir / RUN).read_text())["config"]
+        raise RunError(f"{adv_dir} has no {RUN}: not an sdo-adv attack folder", "adv_dir")
+    config = AttackRunConfig.recorded(json.loads((adv_dir / RUN).read_text())["config"])
     parts = sorted(p.name for p in adv_dir.glob(PART_GLOB))
     if parts:
-        raise RunError(f"{adv_dir} holds the per-rank manifests of an unfinished sharded run ({', '.join(parts)}); "
-                       f"run `sdo-adv merge {adv_dir}` first", "adv")
+        raise RunError(f"{adv_dir} holds the per-rank manifests of an unfinished sharded run ({', '.join(parts)})",
+                       "adv_dir", fix="merge")
     rows = list(Manifest(adv_dir / MANIFEST).rows.values())
     if not rows:
-        raise RunError(f"{adv_dir / MANIFEST} holds no finished items", "adv")
+        raise RunError(f"{adv_dir / MANIFEST} holds no finished items", "adv_dir")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     models = _load_models(specs, robustbench_dir, device, trust_pickle)
     dataset = read_dataset(config["input"], config["labels"])
@@ -63,15 +70,15 @@ def evaluate_run(adv_dir: str | Path, specs: Sequence[str], robustbench_dir: str
                "left out of the evaluation")
         rows = [r for r in rows if r["source"] in by_source]
 
-    fid: dict[str, list[float | None]] = {"l2": [], "linf": [], "ssim": [], "psnr": []}
+    measured: dict[str, list[float | None]] = {"l2": [], "linf": [], "ssim": [], "psnr": []}
     preds: dict[str, tuple[list[int], list[int]]] = {s: ([], []) for s, m in models.items()
                                                      if isinstance(m, nn.Module)}
     for start in range(0, len(rows), BATCH):
         chunk = rows[start:start + BATCH]
         adv = torch.stack([to_tensor(read_image(adv_dir / r["file"]), dataset.channels) for r in chunk])
         orig = dataset.load([by_source[r["source"]] for r in chunk], tuple(adv.shape[-2:]))
-        for key, values in fidelity(adv, orig).items():
-            fid[key] += values
+        for key, values in metrics.measure(adv, orig).items():
+            measured[key] += values
         with torch.no_grad():
             for spec, (clean, attacked) in preds.items():
                 clean += models[spec](orig.to(device)).argmax(1).tolist()
@@ -79,9 +86,9 @@ def evaluate_run(adv_dir: str | Path, specs: Sequence[str], robustbench_dir: str
 
     dataset_name = Path(config["input"]).name
     result = {"adv_dir": str(adv_dir.resolve()),
-              "attack": {k: config[k] for k in ("classifier", "generator", "gradient", "targeted", "steps")},
+              "attack": {k: config[k] for k in ("classifier", "generator", "estimator", "targeted", "steps")},
               "n_eval": len(rows), "n_attack_success": sum(r["success"] for r in rows),
-              "fidelity": {f"mean_{k}": mean(v) for k, v in fid.items()}, **optional_metrics(),
+              "image_metrics": {f"mean_{k}": mean(v) for k, v in measured.items()}, **optional_metrics(),
               "models": [_record(spec, model, preds.get(spec), rows, dataset_name)
                          for spec, model in models.items()]}
     out.mkdir(parents=True, exist_ok=True)
@@ -101,8 +108,10 @@ def _load_models(specs: Sequence[str], robustbench_dir: str | Path, device: torc
                                            trust_pickle=trust_pickle).to(device).eval()
         except FileNotFoundError as err:
             models[spec] = f"weights not found: {err}"
+        except UnsafeCheckpointError as err:
+            raise RunError(err.problem, "specs", fix="trust_pickle") from err
         except (ValueError, TypeError) as err:
-            raise RunError(str(err), "models") from err
+            raise RunError(str(err), "specs") from err
     return models
 
 
@@ -130,11 +139,10 @@ def _record(spec: str, model: nn.Module | str, preds: tuple[list[int], list[int]
 
 
 def _markdown(result: dict[str, Any]) -> str:
-    a, f = result["attack"], result["fidelity"]
-    fmt = lambda v, spec=".2f": "n/a" if v is None else format(v, spec)  # noqa: E731
+    a, f = result["attack"], result["image_metrics"]
     lines = [f"# sdo-adv evaluation of {result['adv_dir']}", "",
              f"{result['n_eval']} adversarial images from {a['classifier']} through {a['generator']} "
-             f"(gradient {a['gradient']}, {a['steps']} steps, targeted: {a['targeted'] or 'no'}); "
+             f"(estimator {a['estimator']}, {a['steps']} steps, targeted: {a['targeted'] or 'no'}); "
              f"{result['n_attack_success']} of them fool the attacked classifier. Threat model: {THREAT_MODEL}.", "",
              "| model | clean acc (%) | adv acc (%) | transfer success (% of the attack's successes) "
              "| transfer success (% of all) | n |", "|---|---:|---:|---:|---:|---:|"]
@@ -142,11 +150,12 @@ def _markdown(result: dict[str, Any]) -> str:
         if r["skipped"] is not None:
             lines.append(f"| `{r['name']}` | skipped: {r['skipped']} | | | | |")
         else:
-            lines.append(f"| `{r['name']}` | {fmt(r['clean_acc'])} | {fmt(r['adv_acc'])} "
-                         f"| {fmt(r['transfer_success'])} | {fmt(r['transfer_success_all'])} | {r['n_eval']} |")
-    lines += ["", f"Fidelity over the set (PNG against the original): mean L2 {fmt(f['mean_l2'], '.3f')}, "
+            lines.append(f"| `{r['name']}` | {fmt(r['clean_acc'], '.2f')} | {fmt(r['adv_acc'], '.2f')} "
+                         f"| {fmt(r['transfer_success'], '.2f')} | {fmt(r['transfer_success_all'], '.2f')} "
+                         f"| {r['n_eval']} |")
+    lines += ["", f"Image metrics over the set (PNG against the original): mean L2 {fmt(f['mean_l2'], '.3f')}, "
                   f"L-inf {fmt(f['mean_linf'], '.3f')}, SSIM {fmt(f['mean_ssim'], '.3f')}, "
-                  f"PSNR {fmt(f['mean_psnr'])} dB.", "",
+                  f"PSNR {fmt(f['mean_psnr'], '.2f')} dB.", "",
               f"LPIPS: skipped ({result['lpips']['skipped']}). FID: skipped ({result['fid']['skipped']})."]
     return "\n".join(lines) + "\n"
 
@@ -172,7 +181,13 @@ def _bar_chart(records: list[dict[str, Any]], path: Path) -> None:
     ax.set_title("transfer of sdo-adv adversarial images" if records else "no model evaluated", fontsize=9)
     ax.legend(fontsize=7, ncols=3, loc="upper center")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
+
+
+def model_line(record: dict[str, Any]) -> str:
+    """One line of an evaluated model's record (see :func:`evaluate_run`)."""
+    if record["skipped"] is not None:
+        return f"{record['name']}: skipped ({record['skipped']})"
+    pct = lambda v: fmt(v, "")  + ("%" if v is not None else "")  # noqa: E731
+    return (f"{record['name']}: clean {pct(record['clean_acc'])} | adversarial {pct(record['adv_acc'])} | transfer "
+            f"{pct(record['transfer_success'])} of the attack's successes, {pct(record['transfer_success_all'])} of all")
