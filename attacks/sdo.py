@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -20,76 +18,10 @@ from sdo_adv.losses import LOSSES, attack_loss, success
 from sdo_adv import metrics
 from sdo_adv.picard import PicardSampler, Trajectory
 
+from .records import AttackResult, AttackStep, counting_calls
+
 OPTIMIZE = ("latent", "cond", "both")
 SAMPLERS = ("sequential", "picard")
-
-
-@dataclass
-class AttackStep:
-    """What :class:`SDOAttack` passes to its ``callback`` once per iteration (the last call,
-    ``iteration == steps``, only evaluates: it takes no optimizer step).
-
-    ``active``: indices ``(A,)`` into the batch of the samples evaluated in this iteration;
-    ``images``: their generated images ``(A, C, H, W)`` in [0, 1] (detached, at the input's
-    size); ``success``: ``(B,)`` bool, every sample successful so far; ``loss``: the active
-    samples' objective ``(A,)`` (None in the last call); ``seconds``: since the attack
-    started; ``network_calls`` / ``network_images``: UNet calls made by the sampler in this
-    iteration and the images they evaluated (its sequential depth and its work; guidance
-    doubles the images).
-    """
-
-    iteration: int
-    active: Tensor
-    images: Tensor
-    success: Tensor
-    loss: Tensor | None
-    seconds: float
-    network_calls: int
-    network_images: int
-
-
-@contextmanager
-def _counting_calls(module: torch.nn.Module) -> Iterator[list[int]]:
-    """Count ``module``'s forward calls and the batch entries they took: ``[calls, images]``."""
-    counts = [0, 0]
-
-    def hook(_module: torch.nn.Module, inputs: tuple, _output: object) -> None:
-        counts[0] += 1
-        counts[1] += inputs[0].shape[0]
-
-    handle = module.register_forward_hook(hook)
-    try:
-        yield counts
-    finally:
-        handle.remove()
-
-
-@dataclass
-class AttackResult:
-    """Per-sample record of the last :class:`SDOAttack` call (all tensors ``(B,)``, on CPU).
-
-    ``iterations``: iteration at which the returned image was found (-1 if never successful);
-    ``failure``: None, or why optimizing the sample stopped early (a NaN or inf loss or
-    gradient; the sample keeps its last finite image and counts as unsuccessful);
-    ``history``: fraction of the batch successful after each iteration, ``seconds``: wall-clock
-    seconds since the attack started at each of those points; ``latent``: the start
-    latents ``(B, C, h, w)`` at schedule index ``start`` whose exact sequential samples are
-    the returned images (before conversion to the input's size and channels).
-    """
-
-    success: Tensor
-    iterations: Tensor
-    l2: Tensor
-    linf: Tensor
-    clean_pred: Tensor
-    adv_pred: Tensor
-    target: Tensor | None
-    reconstruction_error: Tensor
-    latent: Tensor
-    start: int
-    failure: list[str | None] = field(default_factory=list)
-    history: list[float] = field(default_factory=list)
-    seconds: list[float] = field(default_factory=list)
 
 
 class SDOAttack(Attack):
@@ -348,7 +280,7 @@ class SDOAttack(Attack):
                 trajectory: Trajectory | None) -> tuple[Tensor, list[int]]:
         """Generated images in [0, 1] (with Picard, warm-started from and updating
         ``trajectory``) and the ``[calls, images]`` of the UNet it took."""
-        with _counting_calls(self.generator.unet) as calls:
+        with counting_calls(self.generator.unet) as calls:
             if self._picard is None:
                 return self.generator.sample(z, cond=cond, estimator=self.estimator, start=start), calls
             images, refined = self._picard.sample(z, cond=cond, estimator=self.estimator, start=start,

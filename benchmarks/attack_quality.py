@@ -28,6 +28,8 @@ from sdo_adv import load_classifier, load_generator
 from sdo_adv.attacks import AttackStep, SDOAttack
 from sdo_adv.data import load_digits
 from sdo_adv.metrics import l2, ssim
+from sdo_adv.runs.io import write_text
+from sdo_adv.runs.report import fmt
 
 TARGET = "sdo-adv:digits-resnet18"
 TRANSFER = ("sdo-adv:digits-test_efficientnet", "sdo-adv:digits-resnet18-pgd")
@@ -120,7 +122,6 @@ def main() -> None:
         row = run(config, a.n, a.batch, a.steps, a.seed)
         row["wall_s"] = time.perf_counter() - t0
         rows.append(row)
-        fmt = lambda v, f: "n/a" if v is None else format(v, f)  # noqa: E731
         print(f"{config:18s} success {row['final_success']:.3f}  to 90%: {fmt(row['iterations_to_90'], 'd')} it, "
               f"{fmt(row['seconds_to_90'], '.1f')} s  L2 {fmt(row['mean_l2'], '.3f')}  SSIM "
               f"{fmt(row['mean_ssim'], '.3f')}  transfer {row['transfer_success']}  wall {row['wall_s']:.0f} s",
@@ -130,9 +131,7 @@ def main() -> None:
                                   "threads": a.threads, "torch": torch.__version__},
                       "config": vars(a) | {"out": str(a.out)}, "settings": settings, "rows": rows}
             a.out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = a.out.with_suffix(".tmp")
-            tmp.write_text(json.dumps(result, indent=2))
-            os.replace(tmp, a.out)
+            write_text(a.out, json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from sdo_adv.runs.io import write_text
+
 
 def build(embedded: bool, device: str, guidance: float):
     from diffusers import DDPMScheduler, UNet2DModel
@@ -204,9 +206,7 @@ def write(out: Path | None, config: dict, rows: list[dict]) -> None:
                           "torch": torch.__version__},
               "config": config, "rows": rows}
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2, default=str))
-    os.replace(tmp, out)
+    write_text(out, json.dumps(result, indent=2, default=str))
 
 
 if __name__ == "__main__":

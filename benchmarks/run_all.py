@@ -20,8 +20,10 @@ import platform
 import subprocess
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
+
+from sdo_adv.runs.figures import save_figure
+from sdo_adv.runs.report import versions
 
 HERE = Path(__file__).resolve().parent
 ESTIMATORS = "full,checkpoint,truncated:1,truncated:5,skip,sdo:first,sdo:last,sdo:random"
@@ -40,23 +42,11 @@ QUICK = {
 }
 
 
-def versions() -> dict[str, str]:
-    found = {}
-    for dist in ("torch", "diffusers", "timm", "torchattacks", "sdo-adv"):
-        try:
-            found[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            found[dist] = "absent"
-    return found
-
-
 def save(fig, path: Path) -> str:
     """Write and close a figure; return its file name."""
-    import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
     return path.name
 
 

@@ -254,11 +254,19 @@ def _timm_classifier(name: str, pretrained: bool, ckpt: str | None, trust_pickle
 
 
 def _embedded_classifier(name: str) -> ImageClassifier:
-    import timm
-
+    """An embedded classifier folder: ``config.json`` names a timm architecture, or one from
+    :mod:`sdo_adv.architectures` as ``"sdo-adv/<name>"``; weights from ``model.safetensors``."""
     entry = _embedded(name, "classifier")
     cfg = entry["config"]
-    model = timm.create_model(cfg["architecture"], pretrained=False, **cfg.get("model_args", {}))
+    arch, model_args = cfg["architecture"], cfg.get("model_args", {})
+    if arch.startswith("sdo-adv/"):
+        from . import architectures
+
+        model = architectures.create(arch, **model_args)
+    else:
+        import timm
+
+        model = timm.create_model(arch, pretrained=False, **model_args)
     model.load_state_dict(load_state_dict(entry["path"] / "model.safetensors"))
     pc = cfg["pretrained_cfg"]
     extra = {k: pc[k] for k in ("interpolation", "crop_pct", "label_names") if k in pc}

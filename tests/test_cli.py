@@ -41,7 +41,8 @@ MANIFEST_FIELDS = {"source", "file", "label", "target", "pred_before", "pred_aft
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     """A tiny class-conditional DDPM folder (3 sampling steps), a classifier factory file and an
-    ImageFolder of 8 grayscale 8x8 PNGs, two per class."""
+    ImageFolder of 8 grayscale 8x8 PNGs, two per class, each drawn so that the classifier reads
+    its folder's class (so that a success means the attack changed the prediction)."""
     root = tmp_path_factory.mktemp("assets")
     from diffusers import DDPMPipeline
 
@@ -49,11 +50,18 @@ def assets(tmp_path_factory):
     DDPMPipeline(unet=tiny_unet(), scheduler=ddpm_scheduler()).save_pretrained(root / "ddpm")
     (root / "ddpm" / "sdo_adv.json").write_text(json.dumps({"num_inference_steps": 3}))
     (root / "net.py").write_text(NET)
-    rng = np.random.default_rng(0)
+    from sdo_adv import load_classifier
+
+    model, rng = load_classifier(f"{root / 'net.py'}:create_model"), np.random.default_rng(0)
     for i in range(8):
         folder = root / "digits" / str(i % NUM_CLASSES)
         folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(folder / f"img {i}.png")
+        while True:
+            pixels = rng.integers(0, 256, (8, 8), dtype=np.uint8)
+            with torch.no_grad():
+                if int(model(torch.from_numpy(pixels).float().div(255)[None, None]).argmax()) == i % NUM_CLASSES:
+                    break
+        Image.fromarray(pixels).save(folder / f"img {i}.png")
     return root
 
 
@@ -97,6 +105,9 @@ def test_outputs_and_manifest(assets, attacked):
     assert all(set(r) == MANIFEST_FIELDS for r in rows)
     assert {r["file"] for r in rows} == {f"{c}__img_{i}.png" for c in range(4) for i in (c, c + 4)}
     assert all(r["label"] == int(r["source"][0]) and r["target"] is None for r in rows)
+    # every image starts correctly classified, so each success is a prediction the attack changed
+    assert all(r["pred_before"] == r["label"] for r in rows)
+    assert sum(r["success"] for r in rows) >= 4, [(r["pred_after"], r["label"]) for r in rows]
     for name in ("report.md", "grid.png", "run.json"):
         assert (out / name).is_file()
     report = (out / "report.md").read_text()

@@ -1,7 +1,6 @@
 """The shipped models and digits: checksums, loading through every path, accuracy, the demo."""
 import hashlib
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

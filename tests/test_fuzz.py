@@ -10,6 +10,7 @@ import json
 import math
 import os
 import re
+import shutil
 import tempfile
 import traceback
 import warnings
@@ -430,6 +431,80 @@ def test_cli_npz(assets, data):
                  and ((labels >= 0) & (labels < NUM_CLASSES)).all())
         expected = [(f"{name}#{i}", int(y)) for i, y in enumerate(labels)] if valid else None
         check_run(run_attack(assets, "--input", name), expected)
+
+
+# ---- the command line's options ------------------------------------------------------------------------
+OPTION_VALUES = {  # flag -> (valid values, invalid values); None: the option left out
+    "--estimator": (("sdo", "sdo:last", "full", "skip", "truncated:2", "checkpoint", "sdo:random", "SDO:first"),
+                    ("bptt", "sdo:", "sdo:x", "truncated:0", "truncated:-1", "full:1", "", "sdo:1:2")),
+    "--steps": (("1", "2"), ("0", "-1", "x", "1.5")),
+    "--lr": (("0.05", "1", "1e-3"), ("0", "-0.1", "nan", "inf", "x")),
+    "--depth": (("0.5", "1", "0.01"), ("0", "1.5", "-0.5", "nan", "x")),
+    "--num-inference-steps": ((None, "1", "2", "3"), ("0", "-2", "x")),
+    "--guidance-scale": ((None, "1", "2.5", "0"), ("nan", "inf", "x")),
+    "--batch-size": (("1", "2", "64"), ("0", "-1", "x")),
+    "--seed": (("0", "-7", str(2**70)), ("x", "1.5")),
+    "--targeted": ((None, "random", "least-likely", "next"), ("sideways", "absent.csv", "")),
+    "--device": ((None, "cpu"), ("gpu", "")),
+    "--generator": (("ddpm",), ("./nowhere", "no/such/folder", "sdo-adv:nope", "", "net.py")),
+    "--classifier": (("net.py:create_model",), ("keras:resnet", "absent.py", "sdo-adv:nope", "timm:not_a_model",
+                                                 "net.py:absent", "")),
+}
+
+
+@fuzz(30)
+@given(data=st.data())
+def test_cli_options(assets, data):
+    """Every option of `sdo-adv attack`, valid or not (up to two faults): a valid command line
+    attacks; a faulty one ends in a one-line usage error before any model loads."""
+    found = faults(data.draw, tuple(OPTION_VALUES), 2)
+    chosen = {flag: data.draw(st.sampled_from(OPTION_VALUES[flag][flag in found]), flag) for flag in OPTION_VALUES}
+    valid = not found
+    if not found & {"--estimator", "--depth", "--num-inference-steps"}:  # an index in or out of the schedule
+        index = data.draw(st.sampled_from([None, "0", "-1", "1", "2", "-3", "9"]), "sdo index")
+        if index is not None:
+            chosen["--estimator"] = f"sdo:{index}"
+            steps = int(chosen["--num-inference-steps"] or 1)  # the generator stores 1
+            sampled = max(1, round(float(chosen["--depth"]) * steps))
+            valid = valid and -sampled <= int(index) < sampled
+    flag_for = {"--estimator": data.draw(st.sampled_from(["--estimator", "--gradient"]), "alias")}
+    args = [part for flag, value in chosen.items() if value is not None
+            for part in (flag_for.get(flag, flag), value)]
+    loads = []
+    with scratch_folder():
+        shutil.copytree(assets / "ddpm", "ddpm")
+        shutil.copy(assets / "net.py", "net.py")
+        np.savez("digits.npz", images=np.random.default_rng(0).integers(0, 256, (2, 8, 8), dtype=np.uint8),
+                 labels=np.array([0, 3]))
+        with _counting_loads(loads):
+            result = CliRunner().invoke(main, ["attack", "--input", "digits.npz", "--out", "out", *args])
+        trace = "".join(traceback.format_exception(*result.exc_info)) if result.exc_info else ""
+        assert result.exit_code == 0 or isinstance(result.exception, SystemExit), trace
+        assert "Traceback" not in result.output
+        event("refused" if result.exit_code else "attacked")
+        if valid:
+            assert result.exit_code == 0, (args, result.output)
+            assert len(Path("out/manifest.jsonl").read_text().splitlines()) == 2
+        else:
+            assert result.exit_code == 2, (args, result.output)
+            error = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+            assert len(error) == 1, result.output
+            assert not loads, f"a model loaded before the error: {args}"
+            assert not Path("out/manifest.jsonl").exists()
+
+
+@contextlib.contextmanager
+def _counting_loads(loads: list):
+    """Record every model load of an attack run (the specs given to the loaders)."""
+    from sdo_adv.runs import attack_run
+
+    real = attack_run.load_classifier, attack_run.load_generator
+    attack_run.load_classifier = lambda spec, **kw: (loads.append(spec), real[0](spec, **kw))[1]
+    attack_run.load_generator = lambda spec, **kw: (loads.append(spec), real[1](spec, **kw))[1]
+    try:
+        yield
+    finally:
+        attack_run.load_classifier, attack_run.load_generator = real
 
 
 # ---- the cases fuzzing found ----------------------------------------------------------------------------

@@ -42,6 +42,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from digits_data import SPLIT_SEED, load_split, to_unit
+from sdo_adv.runs.io import atomic_write
 
 REPO = Path(__file__).resolve().parents[1]
 MEAN, STD = 0.5, 0.5
@@ -136,9 +137,8 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 50
 
 def save_atomic(obj: dict[str, Any], path: Path) -> None:
     """``torch.save`` to a temporary file, then ``os.replace`` it into place."""
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        torch.save(obj, f)
 
 
 def train(name: str, data: dict[str, torch.Tensor], args: argparse.Namespace) -> dict[str, Any]:
