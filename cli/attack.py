@@ -86,6 +86,9 @@ def resolve_options(ctx: click.Context, values: dict[str, Any]) -> dict[str, Any
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="[default: cuda when available]")
 @click.option("--trust-pickle", is_flag=True,
               help="Load checkpoints that need arbitrary unpickling (it can run code): trusted files only.")
+@click.option("--judge", "--judges", "judges", default="",
+              help="Comma-separated classifier specs that judge the adversarial images: never attacked, never in "
+                   "the loss; summary.json reports the share of successes they all still read as the true class.")
 @click.option("--config", type=click.Path(exists=True, dir_okay=False),
               help="YAML or TOML file of option values (keys as the option names); command-line options win.")
 @click.pass_context
@@ -99,7 +102,9 @@ def attack(ctx: click.Context, **values: Any) -> None:
 
     options = resolve_options(ctx, values)
     try:
-        config = AttackRunConfig(**{k: v for k, v in options.items() if k not in CLI_ONLY})
+        fields = {k: v for k, v in options.items() if k not in CLI_ONLY}
+        fields["judges"] = tuple(s.strip() for s in (fields["judges"] or "").split(",") if s.strip())
+        config = AttackRunConfig(**fields)
         run = AttackRun(config, notice=lambda message: click.echo(message, err=True))
     except RunError as err:
         raise click_error(err) from err

@@ -23,6 +23,7 @@ from ..attacks import SDOAttack
 from ..distributed import Process, current_process
 from ..estimators import parse_estimator
 from ..generator import DiffusionGenerator
+from ..judging import attack_success, judge_predictions, natural_success
 from ..loading import (UnsafeCheckpointError, check_classifier_spec, generator_settings, load_classifier,
                        load_generator)
 from .config import AttackRunConfig
@@ -67,6 +68,8 @@ class AttackRun:
         self.classifier = _load(lambda: load_classifier(config.classifier, pretrained=True,
                                                         trust_pickle=config.trust_pickle),
                                 "classifier").to(self.device).eval()
+        self.judges = {spec: _load(lambda: load_classifier(spec, pretrained=True, trust_pickle=config.trust_pickle),
+                                   "judges").to(self.device).eval() for spec in config.judges}
         overrides = {k: getattr(config, k) for k in ("num_inference_steps", "guidance_scale")
                      if getattr(config, k) is not None}
         generator = _load(lambda: load_generator(config.generator, **overrides), "generator").to(self.device)
@@ -98,6 +101,8 @@ class AttackRun:
         """The model specs and the estimator against the generator's schedule, from the stored
         settings alone (no weights are read)."""
         _load(lambda: check_classifier_spec(config.classifier), "classifier")
+        for judge in config.judges:
+            _load(lambda: check_classifier_spec(judge), "judges")
         stored = _load(lambda: generator_settings(config.generator), "generator")
         n = config.num_inference_steps or stored.get("num_inference_steps", DEFAULT_SAMPLING_STEPS)
         sampled = max(1, round(config.depth * n))
@@ -237,13 +242,16 @@ class AttackRun:
         with torch.no_grad():
             pred = self.classifier(saved.to(self.device)).argmax(1).cpu()
         target = result.target
-        success = pred == target if target is not None else pred != labels
+        success = attack_success(result.clean_pred, pred, labels, target)
+        judged = judge_predictions(self.judges, saved)
+        natural = natural_success(success, labels, judged)
         measured = metrics.measure(saved, images)
         seconds = (time.perf_counter() - start) / len(batch)
         return [{"source": it.source, "file": it.name, "label": it.label,
                  "target": None if target is None else int(target[i]),
                  "pred_before": int(result.clean_pred[i]), "pred_after": int(pred[i]),
-                 "success": bool(success[i]), **{k: v[i] for k, v in measured.items()},
+                 "success": bool(success[i]), "judge_preds": {k: int(v[i]) for k, v in judged.items()},
+                 "natural": bool(natural[i]), **{k: v[i] for k, v in measured.items()},
                  "iterations": int(result.iterations[i]), "failure": result.failure[i],
                  "reconstruction_error": float(result.reconstruction_error[i]), "seconds": seconds}
                 for i, it in enumerate(batch)]

@@ -55,6 +55,9 @@ class AttackRunConfig:
     """``cpu`` or ``cuda``; None: cuda when available."""
     trust_pickle: bool = False
     """Load checkpoints that need arbitrary unpickling (it can run code): trusted files only."""
+    judges: tuple[str, ...] = ()
+    """Classifier specs that read every adversarial image and are never attacked nor in the
+    loss; the share of successes they all still read as the true class is the judge agreement."""
 
     def __post_init__(self) -> None:
         for name in ("classifier", "generator", "input", "out"):
@@ -78,6 +81,11 @@ class AttackRunConfig:
             raise RunError(f"device must be one of {', '.join(DEVICES)} or None, got {self.device!r}", "device")
         if not isinstance(self.trust_pickle, bool):
             raise RunError(f"trust_pickle must be a bool, got {self.trust_pickle!r}", "trust_pickle")
+        if not isinstance(self.judges, (list, tuple)) or not all(isinstance(j, str) and j.strip() for j in self.judges):
+            raise RunError(f"judges must be a sequence of classifier specs, got {self.judges!r}", "judges")
+        object.__setattr__(self, "judges", tuple(j.strip() for j in self.judges))
+        if self.classifier in self.judges:
+            raise RunError(f"the attacked classifier {self.classifier} cannot judge its own attack", "judges")
         try:
             parse_estimator(self.estimator)
         except (ValueError, TypeError) as err:
@@ -104,14 +112,16 @@ class AttackRunConfig:
         return replace(self, **absolute)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+        """JSON-ready settings (paths as strings, judges as a list)."""
+        return {k: str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v
+                for k, v in asdict(self).items()}
 
     @classmethod
     def recorded(cls, data: dict[str, Any]) -> dict[str, Any]:
         """The settings recorded in a run.json (of this or an earlier version), by field name,
         without checking them (the files they name may be gone)."""
         names = {f.name for f in fields(cls)}
-        renamed = {LEGACY_KEYS.get(k, k): v for k, v in data.items()}
+        renamed = {"judges": [], **{LEGACY_KEYS.get(k, k): v for k, v in data.items()}}
         return {k: v for k, v in renamed.items() if k in names}
 
     def changes_from(self, recorded: dict[str, Any]) -> list[str]:

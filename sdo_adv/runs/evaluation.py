@@ -42,12 +42,14 @@ def optional_metrics() -> dict[str, dict[str, str]]:
 
 def evaluate_run(adv_dir: str | Path, specs: Sequence[str], robustbench_dir: str | Path = "./models",
                  out: str | Path | None = None, notice: Callable[[str], None] = print,
-                 trust_pickle: bool = False) -> dict[str, Any]:
-    """Evaluate the attack folder ``adv_dir`` against the classifiers ``specs``; write
-    evaluation.json, evaluation.md and evaluation.png to ``out`` (default ``adv_dir``) and
-    return the evaluation. A classifier whose weights are absent is skipped with the reason;
-    an unknown spec raises :class:`RunError` before any compute. ``trust_pickle``: see
-    :func:`sdo_adv.load_classifier`."""
+                 trust_pickle: bool = False, judges: Sequence[str] = ()) -> dict[str, Any]:
+    """Evaluate the attack folder ``adv_dir`` against the classifiers ``specs`` and ``judges``;
+    write evaluation.json, evaluation.md and evaluation.png to ``out`` (default ``adv_dir``)
+    and return the evaluation. Every model's record has ``keeps_label``, the share of the
+    attack's successes it reads as the true label; ``judge_agreement`` is the share that
+    every judge reads so (definitions in :mod:`sdo_adv.judging`). A classifier whose weights
+    are absent is skipped with the reason; an unknown spec raises :class:`RunError` before
+    any compute. ``trust_pickle``: see :func:`sdo_adv.load_classifier`."""
     adv_dir = Path(adv_dir)
     out = Path(out) if out is not None else adv_dir
     if not (adv_dir / RUN).is_file():
@@ -61,7 +63,9 @@ def evaluate_run(adv_dir: str | Path, specs: Sequence[str], robustbench_dir: str
     if not rows:
         raise RunError(f"{adv_dir / MANIFEST} holds no finished items", "adv_dir")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    models = _load_models(specs, robustbench_dir, device, trust_pickle)
+    if config["classifier"] in judges:
+        raise RunError(f"the attacked classifier {config['classifier']} cannot judge its own attack", "judges")
+    models = _load_models(list(dict.fromkeys([*specs, *judges])), robustbench_dir, device, trust_pickle)
     dataset = read_dataset(config["input"], config["labels"])
     by_source = {it.source: it for it in dataset.items}
     lost = [r["source"] for r in rows if r["source"] not in by_source]
@@ -88,6 +92,7 @@ def evaluate_run(adv_dir: str | Path, specs: Sequence[str], robustbench_dir: str
     result = {"adv_dir": str(adv_dir.resolve()),
               "attack": {k: config[k] for k in ("classifier", "generator", "estimator", "targeted", "steps")},
               "n_eval": len(rows), "n_attack_success": sum(r["success"] for r in rows),
+              "judges": list(judges), "judge_agreement": _agreement(judges, preds, rows),
               "image_metrics": {f"mean_{k}": mean(v) for k, v in measured.items()}, **optional_metrics(),
               "models": [_record(spec, model, preds.get(spec), rows, dataset_name)
                          for spec, model in models.items()]}
@@ -115,6 +120,16 @@ def _load_models(specs: Sequence[str], robustbench_dir: str | Path, device: torc
     return models
 
 
+def _agreement(judges: Sequence[str], preds: dict[str, tuple[list[int], list[int]]],
+               rows: list[dict[str, Any]]) -> float | None:
+    """Percent of the attack's successes that every judge reads as the true label (None
+    without successes, without judges, or when a judge's weights are absent)."""
+    if not judges or any(j not in preds for j in judges):
+        return None
+    kept = [all(preds[j][1][i] == r["label"] for j in judges) for i, r in enumerate(rows) if r["success"]]
+    return _percent(mean([float(k) for k in kept]))
+
+
 def _percent(value: float | None) -> float | None:
     return None if value is None else round(100 * value, 2)
 
@@ -126,6 +141,7 @@ def _record(spec: str, model: nn.Module | str, preds: tuple[list[int], list[int]
     record: dict[str, Any] = {"name": spec, "dataset": dataset_name, "threat_model": THREAT_MODEL, "eps": None,
                               "architecture": None, "number_forward_passes": 1, "clean_acc": None,
                               "adv_acc": None, "transfer_success": None, "transfer_success_all": None,
+                              "keeps_label": None,
                               "n_eval": 0, "skipped": model if isinstance(model, str) else None}
     if preds is None:
         return record
@@ -135,7 +151,9 @@ def _record(spec: str, model: nn.Module | str, preds: tuple[list[int], list[int]
             "clean_acc": _percent(mean([float(p == r["label"]) for p, r in zip(clean, rows)])),
             "adv_acc": _percent(mean([float(p == r["label"]) for p, r in zip(attacked, rows)])),
             "transfer_success": _percent(mean([float(f) for f, r in zip(fooled, rows) if r["success"]])),
-            "transfer_success_all": _percent(mean([float(f) for f in fooled])), "n_eval": len(rows)}
+            "transfer_success_all": _percent(mean([float(f) for f in fooled])),
+            "keeps_label": _percent(mean([float(p == r["label"]) for p, r in zip(attacked, rows) if r["success"]])),
+            "n_eval": len(rows)}
 
 
 def _markdown(result: dict[str, Any]) -> str:
@@ -144,15 +162,18 @@ def _markdown(result: dict[str, Any]) -> str:
              f"{result['n_eval']} adversarial images from {a['classifier']} through {a['generator']} "
              f"(estimator {a['estimator']}, {a['steps']} steps, targeted: {a['targeted'] or 'no'}); "
              f"{result['n_attack_success']} of them fool the attacked classifier. Threat model: {THREAT_MODEL}.", "",
+             f"Judges: {', '.join(result['judges']) or 'none'}; they all still read the true label on "
+             f"{fmt(result['judge_agreement'], '.2f')}% of the attack's successes.", "",
              "| model | clean acc (%) | adv acc (%) | transfer success (% of the attack's successes) "
-             "| transfer success (% of all) | n |", "|---|---:|---:|---:|---:|---:|"]
+             "| transfer success (% of all) | keeps the label (% of successes) | n |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for r in result["models"]:
         if r["skipped"] is not None:
-            lines.append(f"| `{r['name']}` | skipped: {r['skipped']} | | | | |")
+            lines.append(f"| `{r['name']}` | skipped: {r['skipped']} | | | | | |")
         else:
             lines.append(f"| `{r['name']}` | {fmt(r['clean_acc'], '.2f')} | {fmt(r['adv_acc'], '.2f')} "
                          f"| {fmt(r['transfer_success'], '.2f')} | {fmt(r['transfer_success_all'], '.2f')} "
-                         f"| {r['n_eval']} |")
+                         f"| {fmt(r['keeps_label'], '.2f')} | {r['n_eval']} |")
     lines += ["", f"Image metrics over the set (PNG against the original): mean L2 {fmt(f['mean_l2'], '.3f')}, "
                   f"L-inf {fmt(f['mean_linf'], '.3f')}, SSIM {fmt(f['mean_ssim'], '.3f')}, "
                   f"PSNR {fmt(f['mean_psnr'], '.2f')} dB.", "",
@@ -188,6 +209,7 @@ def model_line(record: dict[str, Any]) -> str:
     """One line of an evaluated model's record (see :func:`evaluate_run`)."""
     if record["skipped"] is not None:
         return f"{record['name']}: skipped ({record['skipped']})"
-    pct = lambda v: fmt(v, "")  + ("%" if v is not None else "")  # noqa: E731
+    pct = lambda v: fmt(v, "") + ("%" if v is not None else "")  # noqa: E731
     return (f"{record['name']}: clean {pct(record['clean_acc'])} | adversarial {pct(record['adv_acc'])} | transfer "
-            f"{pct(record['transfer_success'])} of the attack's successes, {pct(record['transfer_success_all'])} of all")
+            f"{pct(record['transfer_success'])} of the attack's successes, {pct(record['transfer_success_all'])} of all "
+            f"| keeps the label on {pct(record['keeps_label'])} of the successes")

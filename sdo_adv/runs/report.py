@@ -49,7 +49,9 @@ def versions() -> dict[str, str | None]:
 
 def summary_line(s: dict[str, Any]) -> str:
     """One line of a run's summary (see :meth:`RunOutputs.summary`)."""
-    return (f"success {fmt(s['success_rate'], '.0%')} of {s['n']} images | mean L2 {fmt(s['mean_l2'], '.3f')} "
+    judged = f" | judges keep the class {fmt(s['judge_agreement'], '.0%')}" if s["judges"] else ""
+    return (f"success {fmt(s['success_rate'], '.0%')} of {s['n']} images (clean accuracy "
+            f"{fmt(s['clean_accuracy'], '.0%')}){judged} | mean L2 {fmt(s['mean_l2'], '.3f')} "
             f"| mean SSIM {fmt(s['mean_ssim'], '.3f')} | {fmt(s['seconds_per_image'], '.2f')} s/image "
             f"| failed {len(s['failed'])} | skipped {len(s['skipped'])}")
 
@@ -93,14 +95,23 @@ class RunOutputs:
         return [self.rows[it.source] for it in self.dataset.items if it.source in self.rows]
 
     def summary(self) -> dict[str, Any]:
-        """Totals over the manifest: ``n``, ``success_rate``, ``clean_accuracy``, fidelity means
-        over the successful images (``mean_l2``, ``mean_linf``, ``mean_ssim``, ``mean_psnr``),
+        """Totals over the manifest (definitions in :mod:`sdo_adv.judging`): ``n``,
+        ``clean_accuracy``, ``success_rate`` (untargeted: of the images the victim read
+        correctly; targeted: of all), ``judge_agreement`` (of the successes, None without
+        judges), ``natural_success_rate`` (same denominator as ``success_rate``), means over
+        the successful images (``mean_l2``, ``mean_linf``, ``mean_ssim``, ``mean_psnr``),
         ``seconds_per_image``, ``failed`` (source -> reason: non-finite loss or gradient) and
         ``skipped`` (source -> reason)."""
         rows = self.ordered()
         ok = [r for r in rows if r["success"]]
-        return {"n": len(rows), "success_rate": len(ok) / len(rows) if rows else None,
-                "clean_accuracy": mean([float(r["pred_before"] == r["label"]) for r in rows]),
+        attackable = [r for r in rows if self.settings["targeted"] or r["pred_before"] == r["label"]]
+        judged = bool(self.settings.get("judges"))
+        natural = [r for r in ok if r.get("natural")]
+        return {"n": len(rows), "clean_accuracy": mean([float(r["pred_before"] == r["label"]) for r in rows]),
+                "success_rate": len(ok) / len(attackable) if attackable else None,
+                "judge_agreement": len(natural) / len(ok) if judged and ok else None,
+                "natural_success_rate": len(natural) / len(attackable) if judged and attackable else None,
+                "judges": list(self.settings.get("judges", [])),
                 **{f"mean_{k}": mean([r[k] for r in ok]) for k in ("l2", "linf", "ssim", "psnr")},
                 "seconds_per_image": mean([r["seconds"] for r in rows]),
                 "failed": {r["source"]: r["failure"] for r in rows if r.get("failure")},
@@ -116,14 +127,21 @@ class RunOutputs:
 
     def _write_report(self, s: dict[str, Any]) -> None:
         o = self.settings
-        rule = "prediction equals the target" if o["targeted"] else "prediction differs from the label"
+        rule = ("the victim reads the target, of all images" if o["targeted"] else
+                "the victim read the original correctly and reads the PNG as another class, of the images it "
+                "read correctly")
+        judges = ", ".join(s["judges"]) or "none"
         lines = [f"# sdo-adv attack: {o['classifier']} through {o['generator']}", "",
-                 "| images | success rate | clean accuracy | mean L2 | mean L-inf | mean SSIM | mean PSNR (dB) "
-                 "| seconds / image |", "|---:|---:|---:|---:|---:|---:|---:|---:|",
-                 f"| {s['n']} | {fmt(s['success_rate'], '.1%')} | {fmt(s['clean_accuracy'], '.1%')} "
+                 "| images | clean accuracy | success rate | judge agreement | natural success | mean L2 "
+                 "| mean L-inf | mean SSIM | mean PSNR (dB) | seconds / image |",
+                 "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+                 f"| {s['n']} | {fmt(s['clean_accuracy'], '.1%')} | {fmt(s['success_rate'], '.1%')} "
+                 f"| {fmt(s['judge_agreement'], '.1%')} | {fmt(s['natural_success_rate'], '.1%')} "
                  f"| {fmt(s['mean_l2'], '.3f')} | {fmt(s['mean_linf'], '.3f')} | {fmt(s['mean_ssim'], '.3f')} "
                  f"| {fmt(s['mean_psnr'], '.2f')} | {fmt(s['seconds_per_image'], '.2f')} |", "",
-                 f"Success is measured on the saved 8-bit PNGs ({rule}; targeted: {o['targeted'] or 'no'}). "
+                 f"Success is measured on the saved 8-bit PNGs: {rule} (targeted: {o['targeted'] or 'no'}). "
+                 f"Judges (never attacked, never in the loss): {judges}; judge agreement is the share of "
+                 "successes that every judge still reads as the true label. "
                  f"Fidelity means are over the successful images, PNG against the original at "
                  f"{self.size[0]}x{self.size[1]}. Estimator {o['estimator']}, {o['steps']} steps, lr {o['lr']}, "
                  f"depth {o['depth']}, {o['num_inference_steps']} sampling steps, guidance "
