@@ -53,10 +53,12 @@ def counting_calls(module: torch.nn.Module) -> Iterator[list[int]]:
 class AttackResult:
     """Per-sample record of the last :class:`SDOAttack` call (all tensors ``(B,)``, on CPU).
 
+    ``success`` (definitions in :mod:`sdo_adv.judging`): untargeted, the victim read the clean
+    image correctly and reads the returned one as another class; targeted, it reads the target.
     ``iterations``: iteration at which the returned image was found (-1 if never successful);
     ``failure``: None, or why optimizing the sample stopped early (a NaN or inf loss or
     gradient; the sample keeps its last finite image and counts as unsuccessful);
-    ``history``: fraction of the batch successful after each iteration, ``seconds``: wall-clock
+    ``history``: fraction of the batch successful (as ``success``) after each iteration, ``seconds``: wall-clock
     seconds since the attack started at each of those points; ``latent``: the start
     latents ``(B, C, h, w)`` at schedule index ``start`` whose exact sequential samples are
     the returned images (before conversion to the input's size and channels).

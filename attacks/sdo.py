@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from sdo_adv.estimators import Estimator, parse_estimator
 from sdo_adv.generator import Condition, DiffusionGenerator
-from sdo_adv.imaging import check_images, check_labels, to_model_input
+from sdo_adv.imaging import check_images, check_labels
 from sdo_adv.loading import load_generator
 from sdo_adv.losses import LOSSES, attack_loss, success
 from sdo_adv import metrics
@@ -37,8 +37,8 @@ class SDOAttack(Attack):
             (an :class:`sdo_adv.ImageClassifier` accepts any size).
         generator (DiffusionGenerator or str): a :class:`sdo_adv.DiffusionGenerator` or a spec for
             :func:`sdo_adv.load_generator`. Inputs are converted (channels, bilinear resize) to
-            its resolution and results converted back, differentiably, so success is judged
-            on the returned image. (Default: the embedded digit generator is not implied.)
+            its resolution by its ``input_mapping`` (resize, or zero-pad and crop back) and
+            results converted back, differentiably, so success is judged on the returned image. (Default: the embedded digit generator is not implied.)
         steps (int): optimization iterations. (Default: 50)
         lr (float): Adam learning rate on the latent. (Default: 0.1)
         estimator (str or Estimator): gradient estimator: ``sdo`` (= ``sdo:first``),
@@ -170,10 +170,13 @@ class SDOAttack(Attack):
         if self.targeted:
             check_labels(goal, images.shape[0], clean_logits.shape[1], name="target labels")
             goal = goal.to(gen.device).long()
+        if self.attack_mode == "targeted(label)":  # torchattacks passes the targets as labels
+            labels = clean_logits.argmax(1)  # the true class is unknown: the generator keeps the predicted one
+            self._validate(images, labels, clean_logits)
 
         c, h, w = images.shape[1:]
         cond = self._condition(labels)
-        inversion = gen.invert(to_model_input(images, gen.image_channels, gen.image_size),
+        inversion = gen.invert(gen.to_generator(images),
                                self.depth, cond=cond)
         z0, start = inversion.latent.to(work), inversion.start
         delta = torch.zeros_like(z0, requires_grad=True)
@@ -187,6 +190,8 @@ class SDOAttack(Attack):
         opt = torch.optim.Adam(params, lr=self.lr)
 
         n = images.shape[0]
+        attackable = torch.ones(n, dtype=torch.bool, device=gen.device) if self.targeted else \
+            clean_logits.argmax(1) == labels
         best = images.clone()
         best_l2 = torch.full((n,), float("inf"), device=gen.device, dtype=work)
         best_z = z0.clone()
@@ -201,14 +206,14 @@ class SDOAttack(Attack):
         for it in range(self.steps + 1):
             active = (~(done | failed) if self.early_stop else ~failed).nonzero().squeeze(1)
             if active.numel() == 0:
-                history.extend([done.float().mean().item()] * (self.steps + 1 - it))
+                history.extend([(done & attackable).float().mean().item()] * (self.steps + 1 - it))
                 seconds.extend([seconds[-1]] * (self.steps + 1 - it))
                 break
             last = it == self.steps
             with torch.set_grad_enabled(not last):
                 z, cond_a = self._variables(z0, delta, cond, cond_delta, active)
                 generated, calls = self._sample(z, cond_a, start, active, trajectory)
-                adv = to_model_input(generated, c, (h, w))
+                adv = gen.from_generator(generated, c, (h, w))
                 logits = self.get_logits(adv)
                 ok = success(logits, goal[active], self.targeted)
                 seen, seen_ok = adv.detach(), ok
@@ -223,7 +228,7 @@ class SDOAttack(Attack):
                 best_l2[active[improved]] = l2[improved]
                 found_at[active[improved]] = it
                 done[active[seen_ok]] = True
-                history.append(done.float().mean().item())
+                history.append((done & attackable).float().mean().item())
                 seconds.append(time.perf_counter() - started)
                 bar.set_postfix(success=f"{history[-1]:.0%}")
                 bar.update()
@@ -254,6 +259,7 @@ class SDOAttack(Attack):
         with torch.no_grad():
             adv_logits = self.get_logits(returned)
         final_success = success(adv_logits, goal, self.targeted) & ~(failed & ~done)
+        final_success &= attackable  # untargeted: an image misread before the attack is no success of it
         self.last_result = AttackResult(
             success=final_success.cpu(), iterations=torch.where(final_success, found_at, -1).cpu(),
             l2=metrics.l2(returned, images).cpu(),
@@ -305,7 +311,7 @@ class SDOAttack(Attack):
             cond_c = cond.replace(cond.embeds.detach()).select(idx) if cond is not None else None
             exact = self._picard.init_trajectory(z.detach()[idx], start, cond_c)
             trajectory.states[:, active[idx]] = exact.states
-            adv[idx] = to_model_input(self.generator.decode(exact.states[-1]), shape[0], shape[1:])
+            adv[idx] = self.generator.from_generator(self.generator.decode(exact.states[-1]), shape[0], shape[1:])
             ok[idx] = success(self.get_logits(adv[idx]), goal[idx], self.targeted)
         return adv, ok
 

@@ -27,10 +27,10 @@ def demo(out: str, n_images: int, steps: int | None, seed: int) -> None:
 
     report = run_demo(out, n=n_images, seed=seed, **({"steps": steps} if steps else {}))
     click.echo(f"success {report['success_rate']:.0%} of {report['n_images']} digits "
-               f"(clean accuracy {report['clean_accuracy']:.0%}) | mean L2 {fmt(report['mean_l2'], '.2f')} "
-               f"| mean SSIM {fmt(report['mean_ssim'], '.3f')} | robust classifier keeps the label "
-               f"{fmt(report['robust_keeps_label'], '.0%')} | {report['seconds_per_image']:.2f} s/image")
-    click.echo(f"wrote {out}/grid.png and {out}/report.json")
+               f"(clean accuracy {report['clean_accuracy']:.0%}) | judges keep the class "
+               f"{fmt(report['judge_agreement'], '.0%')} | mean L2 {fmt(report['mean_l2'], '.2f')} "
+               f"| mean SSIM {fmt(report['mean_ssim'], '.3f')} | {report['seconds_per_image']:.2f} s/image")
+    click.echo(f"wrote {out}/grid.png, {out}/report.json and {out}/adversarial.npz")
 
 
 @main.command()

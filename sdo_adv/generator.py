@@ -17,8 +17,10 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .estimators import CallMode, Estimator, parse_estimator
+from .imaging import convert_channels, fit, unfit
 
 SOLVERS = ("ddim", "dpm++")
+INPUT_MAPPINGS = ("resize", "pad")
 
 
 @dataclass
@@ -67,6 +69,9 @@ class DiffusionGenerator(nn.Module):
     sampling: ``"ddim"`` (deterministic, eta = 0) or ``"dpm++"`` (DPM-Solver++ 2M); any other
     diffusers scheduler instance whose step is linear can be passed as ``scheduler`` with
     ``solver=None``. Note that diffusers' DPM-Solver computes its update in float32.
+    ``input_mapping`` says how images of another size reach :attr:`image_size` and come back:
+    ``"resize"`` (bilinear) or ``"pad"`` (zero-pad smaller images, centred, and crop back, as
+    for digits trained padded from 28 to 32 pixels; larger images are resized).
     ``Generator`` is an alias of this class, kept for compatibility.
     """
 
@@ -75,7 +80,7 @@ class DiffusionGenerator(nn.Module):
                  num_inference_steps: int = 50, guidance_scale: float = 1.0,
                  null_class: int | None = None, solver: str | None = "ddim",
                  class_names: Sequence[str] | None = None,
-                 prompt_template: str = "a photo of a {}") -> None:
+                 prompt_template: str = "a photo of a {}", input_mapping: str = "resize") -> None:
         super().__init__()
         self.unet, self.vae, self.text_encoder = unet, vae, text_encoder
         self.tokenizer = tokenizer
@@ -91,6 +96,9 @@ class DiffusionGenerator(nn.Module):
         self.null_class = null_class
         self.class_names = list(class_names) if class_names is not None else None
         self.prompt_template = prompt_template
+        if input_mapping not in INPUT_MAPPINGS:
+            raise ValueError(f"unknown input_mapping {input_mapping!r}; accepted: {', '.join(INPUT_MAPPINGS)}")
+        self.input_mapping = input_mapping
 
     @classmethod
     def from_diffusers(cls, unet: nn.Module, scheduler: Any, vae: nn.Module | None = None,
@@ -146,6 +154,25 @@ class DiffusionGenerator(nn.Module):
     @property
     def class_conditional(self) -> bool:
         return getattr(self.unet, "class_embedding", None) is not None
+
+    # ---- input images <-> the generator's images -----------------------------------------------
+    def fit(self, images: Tensor) -> Tensor:
+        """``(B, C, H, W)`` images brought to ``image_size`` by :attr:`input_mapping` (channels
+        unchanged); differentiable."""
+        return fit(images, self.image_size, self.input_mapping)
+
+    def unfit(self, images: Tensor, size: Sequence[int]) -> Tensor:
+        """The inverse of :meth:`fit` for inputs of ``size`` ``(H, W)``."""
+        return unfit(images, tuple(size), self.input_mapping)
+
+    def to_generator(self, images: Tensor) -> Tensor:
+        """[0, 1] images ``(B, C, H, W)`` -> ``(B, image_channels, image_size, image_size)``:
+        channels converted explicitly, then :meth:`fit`."""
+        return self.fit(convert_channels(images, self.image_channels))
+
+    def from_generator(self, images: Tensor, channels: int, size: Sequence[int]) -> Tensor:
+        """The inverse of :meth:`to_generator` for inputs of ``channels`` and ``size`` ``(H, W)``."""
+        return convert_channels(self.unfit(images, size), channels)
 
     # ---- image <-> diffusion space -----------------------------------------------------------
     def encode(self, images: Tensor) -> Tensor:

@@ -74,3 +74,37 @@ def convert_channels(images: Tensor, channels: int) -> Tensor:
 def to_model_input(images: Tensor, channels: int, size: int | tuple[int, int]) -> Tensor:
     """Convert channels and resize, in that order."""
     return resize(convert_channels(images, channels), size)
+
+
+def pad_to(images: Tensor, size: int | tuple[int, int]) -> Tensor:
+    """Zero-pad ``(B, C, H, W)`` images to ``size`` (at least as large), centred; the extra
+    row or column of an odd difference goes to the bottom or right."""
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    dh, dw = size[0] - images.shape[-2], size[1] - images.shape[-1]
+    if dh < 0 or dw < 0:
+        raise ValueError(f"cannot pad {tuple(images.shape[-2:])} images to the smaller {size}")
+    return F.pad(images, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2))
+
+
+def crop_to(images: Tensor, size: int | tuple[int, int]) -> Tensor:
+    """The centre ``size`` of ``(B, C, H, W)`` images: the inverse of :func:`pad_to`."""
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    top, left = (images.shape[-2] - size[0]) // 2, (images.shape[-1] - size[1]) // 2
+    if top < 0 or left < 0:
+        raise ValueError(f"cannot crop {tuple(images.shape[-2:])} images to the larger {size}")
+    return images[..., top:top + size[0], left:left + size[1]]
+
+
+def fit(images: Tensor, size: int, mapping: str = "resize") -> Tensor:
+    """``(B, C, H, W)`` images brought to ``size`` x ``size``: ``mapping`` ``"pad"`` zero-pads
+    images no larger than that (:func:`pad_to`), anything else is resized."""
+    if mapping == "pad" and images.shape[-2] <= size and images.shape[-1] <= size:
+        return pad_to(images, size)
+    return resize(images, size)
+
+
+def unfit(images: Tensor, size: tuple[int, int], mapping: str = "resize") -> Tensor:
+    """The inverse of :func:`fit` for images that were ``size`` ``(H, W)``."""
+    if mapping == "pad" and size[0] <= images.shape[-2] and size[1] <= images.shape[-1]:
+        return crop_to(images, size)
+    return resize(images, size)

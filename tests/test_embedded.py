@@ -77,7 +77,8 @@ def test_quick_demo_measures_success(tmp_path):
     from sdo_adv.runs import run_demo
 
     report = run_demo(tmp_path, n=3, steps=2, progress=False)
-    for key in ("success_rate", "mean_l2", "mean_ssim", "robust_keeps_label", "seconds_per_image", "items"):
+    for key in ("clean_accuracy", "success_rate", "judge_agreement", "natural_success_rate", "mean_l2", "mean_ssim",
+                "seconds_per_image", "items"):
         assert key in report
     assert (tmp_path / "grid.png").stat().st_size > 1000
     saved = json.loads((tmp_path / "report.json").read_text())
@@ -92,6 +93,14 @@ def test_quick_demo_measures_success(tmp_path):
     correct = [i for i, item in enumerate(report["items"]) if item["clean_pred"] == item["label"]]
     fooled = [i for i in correct if pred[i] != labels[i]]
     assert report["success_rate"] == len(fooled) / max(1, len(correct))
+    # the judges' verdicts, re-measured on the saved images
+    judges = {spec: load_classifier(spec) for spec in report["judges"]}
+    with torch.no_grad():
+        verdicts = {spec: judge(adv).argmax(1).tolist() for spec, judge in judges.items()}
+    kept = [all(verdicts[s][i] == labels[i] for s in judges) for i in fooled]
+    assert report["judge_agreement"] == (sum(kept) / len(kept) if kept else None)
+    assert [item["natural"] for item in report["items"]] == [i in fooled and kept[fooled.index(i)]
+                                                             for i in range(len(labels))]
 
 
 def test_demo_command(tmp_path):

@@ -30,7 +30,7 @@ def main() -> None:
         "summary": "class-conditional DDPM (UNet2DModel, 10 digits + null class), eps prediction, cosine schedule",
         "resolution": 32, "channels": 1, "num_classes": 10, "null_class": 10,
         "class_names": [str(i) for i in range(10)],
-        "num_inference_steps": a.steps, "guidance_scale": a.guidance, "solver": "ddim",
+        "num_inference_steps": a.steps, "guidance_scale": a.guidance, "solver": "ddim", "input_mapping": "pad",
         "training": training,
     }
     (DEST / "sdo_adv.json").write_text(json.dumps(info, indent=2))

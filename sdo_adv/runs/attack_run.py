@@ -162,9 +162,11 @@ class AttackRun:
         other = {s: k for s, k in data.sizes.items() if s != self.size}
         if other:
             found = ", ".join(f"{k} at {h}x{w}" for (h, w), k in sorted(other.items()))
+            how = "zero-padded (larger ones resized)" if self.attack.generator.input_mapping == "pad" else \
+                "resized (bilinear, antialiased)"
             self._say(f"{sum(other.values())} of {len(data.items)} images are not the generator's "
-                      f"{self.size[0]}x{self.size[1]} ({found}): resized (bilinear, antialiased) before the "
-                      "attack; PNGs and fidelity are at the generator's size")
+                      f"{self.size[0]}x{self.size[1]} ({found}): {how} before the attack, as the generator "
+                      "says; PNGs and fidelity are at the generator's size")
         if data.skipped:
             self._say(f"skipped {len(data.skipped)} unreadable file(s): {', '.join(data.skipped)} "
                       f"(reasons in {REPORT})")
@@ -225,7 +227,7 @@ class AttackRun:
 
     def _attack_batch(self, batch: list[Item]) -> list[dict[str, Any]]:
         start = time.perf_counter()
-        images = self.dataset.load(batch, self.size)
+        images = self.dataset.load(batch, fit=self.attack.generator.fit)
         labels = torch.tensor([it.label for it in batch])
         seeds = [item_seed(self.config.seed, it.source) for it in batch]
         self._pin_targets(batch, seeds)
@@ -275,6 +277,7 @@ class AttackRun:
         info = {"config": self.config.to_dict(), "versions": versions(),
                 "dataset": {"kind": data.kind, "n_items": len(data.items), "n_skipped": len(data.skipped),
                             "channels": data.channels, "image_size": list(self.size),
+                            "input_mapping": self.attack.generator.input_mapping,
                             "num_classes": self.num_classes},
                 "notices": self.notices}
         write_text(self.out / RUN, json.dumps(info, indent=2) + "\n")

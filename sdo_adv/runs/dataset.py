@@ -7,7 +7,7 @@ from __future__ import annotations
 import csv
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -54,10 +54,13 @@ class Dataset:
     skipped: dict[str, str] = field(default_factory=dict)
     array: np.ndarray | None = None
 
-    def load(self, items: Sequence[Item], size: tuple[int, int] | None = None) -> Tensor:
-        """Pixels of ``items``: ``(B, channels, H, W)`` float32 in [0, 1], resized to ``size``."""
-        return torch.stack([to_tensor(self.array[it.index] if self.array is not None else read_image(it.path),
-                                      self.channels, size) for it in items])
+    def load(self, items: Sequence[Item], size: tuple[int, int] | None = None,
+             fit: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+        """Pixels of ``items``: ``(B, channels, H, W)`` float32 in [0, 1], resized to ``size``,
+        or brought to one size by ``fit`` (``(1, C, h, w)`` -> ``(1, C, H, W)``)."""
+        pixels = [to_tensor(self.array[it.index] if self.array is not None else read_image(it.path),
+                            self.channels, size) for it in items]
+        return torch.stack([fit(x[None])[0] if fit is not None else x for x in pixels])
 
 
 def read_dataset(input_path: str | Path, labels: str | Path | None = None) -> Dataset:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .. import metrics
+from ..imaging import fit
 from ..loading import UnsafeCheckpointError, load_classifier
 from .config import AttackRunConfig
 from .dataset import read_dataset
@@ -54,7 +55,8 @@ def evaluate_run(adv_dir: str | Path, specs: Sequence[str], robustbench_dir: str
     out = Path(out) if out is not None else adv_dir
     if not (adv_dir / RUN).is_file():
         raise RunError(f"{adv_dir} has no {RUN}: not an sdo-adv attack folder", "adv_dir")
-    config = AttackRunConfig.recorded(json.loads((adv_dir / RUN).read_text())["config"])
+    info = json.loads((adv_dir / RUN).read_text())
+    config, mapping = AttackRunConfig.recorded(info["config"]), info["dataset"].get("input_mapping", "resize")
     parts = sorted(p.name for p in adv_dir.glob(PART_GLOB))
     if parts:
         raise RunError(f"{adv_dir} holds the per-rank manifests of an unfinished sharded run ({', '.join(parts)})",
@@ -80,7 +82,7 @@ def evaluate_run(adv_dir: str | Path, specs: Sequence[str], robustbench_dir: str
     for start in range(0, len(rows), BATCH):
         chunk = rows[start:start + BATCH]
         adv = torch.stack([to_tensor(read_image(adv_dir / r["file"]), dataset.channels) for r in chunk])
-        orig = dataset.load([by_source[r["source"]] for r in chunk], tuple(adv.shape[-2:]))
+        orig = dataset.load([by_source[r["source"]] for r in chunk], fit=lambda x: fit(x, adv.shape[-1], mapping))
         for key, values in metrics.measure(adv, orig).items():
             measured[key] += values
         with torch.no_grad():

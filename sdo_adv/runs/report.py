@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from ..imaging import fit
 from .config import AttackRunConfig
 from .dataset import Dataset, read_dataset
 from .errors import RunError
@@ -67,6 +68,7 @@ class RunOutputs:
     size: tuple[int, int]
     notices: list[str]
     rows: dict[str, dict[str, Any]]
+    input_mapping: str = "resize"
 
     @classmethod
     def from_folder(cls, out: str | Path) -> RunOutputs:
@@ -77,7 +79,8 @@ class RunOutputs:
         info = json.loads((out / RUN).read_text())
         settings = AttackRunConfig.recorded(info["config"])
         return cls(out, read_dataset(settings["input"], settings["labels"]), settings,
-                   tuple(info["dataset"]["image_size"]), info.get("notices", []), finished_rows(out))
+                   tuple(info["dataset"]["image_size"]), info.get("notices", []), finished_rows(out),
+                   info["dataset"].get("input_mapping", "resize"))
 
     def merge(self) -> None:
         """:meth:`fold`, unless an attack is still writing to the folder."""
@@ -158,7 +161,8 @@ class RunOutputs:
         if not rows:
             return
         by_source = {it.source: it for it in self.dataset.items}
-        originals = self.dataset.load([by_source[r["source"]] for r in rows], self.size)
+        originals = self.dataset.load([by_source[r["source"]] for r in rows],
+                                      fit=lambda x: fit(x, self.size[0], self.input_mapping))
         adversarials = torch.stack([to_tensor(read_image(self.out / r["file"]), originals.shape[1]) for r in rows])
         save_grid(originals, adversarials, [r["label"] for r in rows], [r["pred_after"] for r in rows],
                   self.out / GRID, title=f"SDOAttack on {self.settings['classifier']}: "

