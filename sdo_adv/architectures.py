@@ -137,23 +137,27 @@ class RBFSVM(nn.Module):
     ``n_support`` per class in ``model_args``):
 
     * ``support_vectors`` ``(n_sv, n_features)``: stored as ``sv_dtype`` and multiplied by
-      ``sv_scale`` (e.g. uint8 pixels and 1/255: exact for 8-bit training images);
+      ``sv_scale`` (e.g. uint8 pixels and 1/255: exact for 8-bit training images). With
+      ``border > 0`` they are images whose ``border``-pixel frame is zero, stored without it:
+      inputs are then ``(B, C, H, W)`` and ``n_features = C (H - 2 border) (W - 2 border)``;
     * ``dual_coef`` ``(num_classes - 1, n_sv)`` float64, ``intercept`` ``(n_pairs,)`` float64,
       ``gamma`` ``()`` float64.
 
     ``forward``: ``(B, ...)`` inputs flattened to ``(B, n_features)`` (the features the SVM was
-    fit on, e.g. raw [0, 1] pixels) -> ``(B, num_classes)`` scores, computed in float64 and
+    fit on, e.g. raw [0, 1] pixels; with ``border``, the frame enters the distances only
+    through the input's own norm) -> ``(B, num_classes)`` scores, computed in float64 and
     returned in the input's dtype: the OvO vote counts plus ``s / (3 (|s| + 1))`` with ``s`` the
     summed pairwise decision values, exactly ``SVC(decision_function_shape="ovr")
     .decision_function``. Their argmax is ``SVC(break_ties=True).predict``.
     """
 
     def __init__(self, n_features: int, n_support: Sequence[int], sv_dtype: str = "float32",
-                 sv_scale: float = 1.0) -> None:
+                 sv_scale: float = 1.0, border: int = 0) -> None:
         super().__init__()
         self.n_support = [int(n) for n in n_support]
         self.num_classes = len(self.n_support)
         self.sv_scale = float(sv_scale)
+        self.border = int(border)
         n_sv, k = sum(self.n_support), self.num_classes
         dtype = getattr(torch, sv_dtype)
         self.register_buffer("support_vectors", torch.zeros(n_sv, n_features, dtype=dtype))
@@ -185,9 +189,16 @@ class RBFSVM(nn.Module):
     def pairwise_decision(self, x: Tensor) -> Tensor:
         """``(B, ...)`` features -> ``(B, n_pairs)`` float64 OvO decision values (positive: the
         pair's first class), as ``SVC(decision_function_shape="ovo").decision_function``."""
-        x = x.reshape(x.shape[0], -1).to(torch.float64)
+        x = x.to(torch.float64)
+        inner = x
+        if self.border:
+            if x.dim() != 4:
+                raise ValueError(f"with border={self.border} inputs must be (B, C, H, W), got {tuple(x.shape)}")
+            b = self.border
+            inner = x[:, :, b:x.shape[2] - b, b:x.shape[3] - b]
+        x, inner = x.reshape(x.shape[0], -1), inner.reshape(x.shape[0], -1)
         sv = self.support_vectors.to(torch.float64) * self.sv_scale
-        sq = (x * x).sum(1, keepdim=True) + (sv * sv).sum(1) - 2.0 * x @ sv.T
+        sq = (x * x).sum(1, keepdim=True) + (sv * sv).sum(1) - 2.0 * inner @ sv.T
         kernel = torch.exp(-self.gamma * sq.clamp_min(0.0))
         return kernel @ self.pair_coefficients().T + self.intercept
 
