@@ -84,18 +84,29 @@ def test_engine_coefficients_match_scheduler(setup):
         assert torch.allclose(sched.step(out, t, x).prev_sample, a[i] * x + b[i] * out, atol=1e-6)
 
 
-def test_sdo_first_matches_closed_form(setup):
+@pytest.mark.parametrize("start,index", [(0, 0), (1, 0), (T // 2, 0), (T - 1, 0), (T // 2, 1), (1, -1)])
+def test_sdo_matches_closed_form(setup, start, index):
+    """``sdo:<index>`` from schedule index ``start`` (the attacks start at ``T // 2``): the
+    retained call at sampled step ``k`` gives ``prod(a after k) * (a_k I + b_k J_k^T) *
+    prod(a before k)`` applied to the output gradient, ``J_k`` the network's Jacobian at the
+    state the sampler reached."""
     gen, x, cond, w = setup
-    gx, ge, out = grads(gen, x, cond, w, "sdo")
+    k = index % (T - start)
+    gx, ge, out = grads(gen, x, cond, w, f"sdo:{index}", start=start)
     a, b = ddim_coefficients(gen)
+    states = []
+    with torch.no_grad():
+        gen.sample(x, cond=cond, estimator="skip", start=start, callback=lambda step: states.append(step["x"]))
+    assert torch.equal(states[-1], out)
     g = torch.autograd.grad(objective(out.requires_grad_(True), w), out)[0]
-    v = a[1:].prod() * g
-    xr = x.clone().requires_grad_(True)
+    i = start + k  # schedule index of the retained call
+    v = a[i + 1:].prod() * g
+    xr = (states[k - 1] if k else x).clone().requires_grad_(True)
     er = cond.embeds.clone().requires_grad_(True)
-    eps0 = gen.denoise(xr, gen.timesteps()[0], cond.replace(er))
-    jx, je = torch.autograd.grad(eps0, (xr, er), grad_outputs=v)
-    assert torch.allclose(gx, a[0] * v + b[0] * jx, rtol=1e-6, atol=1e-10)
-    assert torch.allclose(ge, b[0] * je, rtol=1e-6, atol=1e-10)
+    eps = gen.denoise(xr, gen.timesteps()[i], cond.replace(er))
+    jx, je = torch.autograd.grad(eps, (xr, er), grad_outputs=v)
+    assert torch.allclose(gx, a[start:i].prod() * (a[i] * v + b[i] * jx), rtol=1e-6, atol=1e-10)
+    assert torch.allclose(ge, b[i] * je, rtol=1e-6, atol=1e-10)
     assert ge.abs().sum() > 0
 
 
@@ -134,6 +145,63 @@ def test_sdo_is_an_approximation_not_exact(setup):
     sdo, _, _ = grads(gen, x, cond, w, "sdo")
     cos = torch.nn.functional.cosine_similarity(full.flatten(), sdo.flatten(), dim=0)
     assert not torch.allclose(full, sdo) and cos > 0
+
+
+@pytest.fixture(scope="module")
+def dpm_setup():
+    torch.manual_seed(0)
+    gen = pixel_generator(steps=T, guidance_scale=2.0, solver="dpm++", dtype=torch.float64)
+    x = torch.randn(B, 1, 8, 8, dtype=torch.float64)
+    cond = gen.condition(torch.tensor([1, 3]))
+    w = torch.randn(B, 1, 8, 8, dtype=torch.float64)
+    return gen, x, cond, w
+
+
+@pytest.mark.parametrize("start", [0, T // 2])
+def test_dpm_solver_full_gradient_matches_finite_differences(dpm_setup, start):
+    """DPM-Solver++ 2M keeps the dtype of a float64 latent, but diffusers rounds the state to
+    float32 inside every step: a float64 central difference with a tiny step sees that rounding
+    (relative errors ~1e-2 at h = 1e-6), so the check uses h = 1e-3 and a relative tolerance of
+    2e-3 (observed: ~1e-4). The DDIM path is checked in float64 to 1e-6 above."""
+    gen, x, cond, w = dpm_setup
+    gx, ge, out = grads(gen, x, cond, w, "full", start=start)
+    assert out.dtype == torch.float64
+    h = 1e-3
+    g = torch.Generator().manual_seed(2)
+    for _ in range(3):
+        dx = torch.randn(x.shape, generator=g, dtype=torch.float64)
+        de = torch.randn(cond.embeds.shape, generator=g, dtype=torch.float64)
+
+        def f(s, dx=dx, de=de):
+            with torch.no_grad():
+                _, o = gen.sample(x + s * dx, cond=cond.replace(cond.embeds + s * de), estimator="skip",
+                                  start=start, return_latent=True)
+            return objective(o, w)
+
+        fd = (f(h) - f(-h)) / (2 * h)
+        assert torch.allclose((gx * dx).sum() + (ge * de).sum(), fd, rtol=2e-3, atol=0)
+
+
+@pytest.mark.parametrize("left,right", [(f"truncated:{T}", "full"), ("checkpoint", "full"),
+                                        ("sdo:last", "truncated:1"), ("sdo:0", "sdo")])
+def test_dpm_solver_estimator_identities(dpm_setup, left, right):
+    gen, x, cond, w = dpm_setup
+    lx, le, _ = grads(gen, x, cond, w, left)
+    rx, re_, _ = grads(gen, x, cond, w, right)
+    assert torch.allclose(lx, rx, rtol=1e-10, atol=1e-12)
+    assert torch.allclose(le, re_, rtol=1e-10, atol=1e-12)
+
+
+def test_dpm_solver_sdo_differs_from_ddim_sdo(dpm_setup):
+    """The multistep update enters SDO's linear path: the same network with the DDIM solver
+    gives another gradient (so the solver is not silently DDIM)."""
+    gen, x, cond, w = dpm_setup
+    ddim = pixel_generator(steps=T, guidance_scale=2.0, dtype=torch.float64)
+    ddim.load_state_dict(gen.state_dict())
+    dpm_gx, _, dpm_out = grads(gen, x, cond, w, "sdo")
+    ddim_gx, _, ddim_out = grads(ddim, x, cond, w, "sdo")
+    assert not torch.allclose(dpm_out, ddim_out, atol=1e-4)
+    assert not torch.allclose(dpm_gx, ddim_gx, atol=1e-4)
 
 
 def test_float32_and_float64_follow_the_latent():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -101,3 +102,31 @@ class TinyClassifier(nn.Module):
 
     def forward(self, x):
         return self.net(x)
+
+
+@contextmanager
+def recorded_network_calls(gen: DiffusionGenerator):
+    """Record every :meth:`DiffusionGenerator.network_call` (the sequential sampler's network
+    calls; inversion and Picard sweeps call ``denoise`` directly and are not recorded): yields a
+    list of dicts with the call's ``x``, ``t``, ``mode`` and ``embeds`` (the conditioning
+    embeddings, detached; None for an unconditional call)."""
+    calls: list[dict] = []
+    original = gen.network_call
+
+    def record(x, t, cond, mode):
+        calls.append({"x": x.detach().clone(), "t": t, "mode": mode,
+                      "embeds": None if cond is None else cond.embeds.detach().clone()})
+        return original(x, t, cond, mode)
+
+    gen.network_call = record
+    try:
+        yield calls
+    finally:
+        del gen.network_call
+
+
+def cw_margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` logit of ``labels`` minus the largest other logit (negative: misclassified)."""
+    own = logits.gather(1, labels[:, None]).squeeze(1)
+    other = logits.scatter(1, labels[:, None], float("-inf")).amax(1)
+    return own - other
