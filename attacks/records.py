@@ -61,7 +61,9 @@ class AttackResult:
     ``history``: fraction of the batch successful (as ``success``) after each iteration, ``seconds``: wall-clock
     seconds since the attack started at each of those points; ``latent``: the start
     latents ``(B, C, h, w)`` at schedule index ``start`` whose exact sequential samples are
-    the returned images (before conversion to the input's size and channels).
+    the returned images (before conversion to the input's size and channels), under the
+    conditioning embeddings ``cond_embeds`` when the attack optimized them (``optimize`` of
+    ``"cond"`` or ``"both"``; None otherwise: the labels' own conditioning).
     """
 
     success: Tensor
@@ -74,6 +76,7 @@ class AttackResult:
     reconstruction_error: Tensor
     latent: Tensor
     start: int
+    cond_embeds: Tensor | None = None
     failure: list[str | None] = field(default_factory=list)
     history: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)

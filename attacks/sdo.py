@@ -14,7 +14,7 @@ from sdo_adv.estimators import Estimator, parse_estimator
 from sdo_adv.generator import Condition, DiffusionGenerator
 from sdo_adv.imaging import check_images, check_labels
 from sdo_adv.loading import load_generator
-from sdo_adv.losses import LOSSES, attack_loss, success
+from sdo_adv.losses import LOSSES, attack_loss, reached, success
 from sdo_adv import metrics
 from sdo_adv.picard import PicardSampler, Trajectory
 
@@ -201,6 +201,7 @@ class SDOAttack(Attack):
         best = images.clone()
         best_l2 = torch.full((n,), float("inf"), device=gen.device, dtype=work)
         best_z = z0.clone()
+        best_cond = cond.embeds.detach().clone() if cond_delta is not None else None
         found_at = torch.full((n,), -1, dtype=torch.long, device=gen.device)
         done = torch.zeros(n, dtype=torch.bool, device=gen.device)
         failure: list[str | None] = [None] * n
@@ -223,7 +224,7 @@ class SDOAttack(Attack):
                 generated, calls = self._sample(z, cond_a, start, active, trajectory)
                 adv = gen.from_generator(generated, c, (h, w))
                 logits = self.get_logits(adv)
-                ok = success(logits, goal[active], self.targeted)
+                ok = reached(logits, goal[active], self.targeted, self.loss, self.kappa)
                 seen, seen_ok = adv.detach(), ok
                 if self._picard is not None:
                     seen, seen_ok = self._exact(z, cond_a, start, ok | last, seen, ok, goal[active], (c, h, w),
@@ -233,6 +234,8 @@ class SDOAttack(Attack):
                 fallback = ~done[active] & ~seen_ok & torch.isfinite(seen).flatten(1).all(1)
                 best[active[improved | fallback]] = seen[improved | fallback]
                 best_z[active[improved | fallback]] = z.detach()[improved | fallback]
+                if best_cond is not None:
+                    best_cond[active[improved | fallback]] = cond_a.embeds.detach()[improved | fallback]
                 best_l2[active[improved]] = l2[improved]
                 found_at[active[improved]] = it
                 first_ok[active[seen_ok & ~done[active]]] = it
@@ -277,6 +280,7 @@ class SDOAttack(Attack):
             clean_pred=clean_logits.argmax(1).cpu(), adv_pred=adv_logits.argmax(1).cpu(),
             target=goal.cpu() if self.targeted else None,
             reconstruction_error=inversion.error.cpu(), latent=best_z.cpu(), start=start, failure=failure,
+            cond_embeds=best_cond.cpu() if best_cond is not None else None,
             history=history,
             seconds=seconds)
         return out
@@ -322,7 +326,7 @@ class SDOAttack(Attack):
             exact = self._picard.init_trajectory(z.detach()[idx], start, cond_c)
             trajectory.states[:, active[idx]] = exact.states
             adv[idx] = self.generator.from_generator(self.generator.decode(exact.states[-1]), shape[0], shape[1:])
-            ok[idx] = success(self.get_logits(adv[idx]), goal[idx], self.targeted)
+            ok[idx] = reached(self.get_logits(adv[idx]), goal[idx], self.targeted, self.loss, self.kappa)
         return adv, ok
 
     @staticmethod

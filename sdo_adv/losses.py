@@ -20,12 +20,17 @@ def attack_loss(logits: Tensor, labels: Tensor, kind: str = "cw", targeted: bool
         ce = F.cross_entropy(logits, labels, reduction="none")
         return ce if targeted else -ce
     if kind == "cw":
-        onehot = F.one_hot(labels, logits.shape[1]).bool()
-        own = logits[onehot]
-        other = logits.masked_fill(onehot, float("-inf")).amax(1)
-        margin = other - own if targeted else own - other
-        return margin.clamp(min=-kappa)
+        return cw_margin(logits, labels, targeted).clamp(min=-kappa)
     raise ValueError(f"unknown loss {kind!r}; accepted: {', '.join(LOSSES)}")
+
+
+def cw_margin(logits: Tensor, labels: Tensor, targeted: bool = False) -> Tensor:
+    """``(B,)`` Carlini-Wagner margin, negative once the attack has its way: untargeted
+    ``z_y - max_{j != y} z_j``, targeted ``max_{j != t} z_j - z_t``."""
+    onehot = F.one_hot(labels, logits.shape[1]).bool()
+    own = logits[onehot]
+    other = logits.masked_fill(onehot, float("-inf")).amax(1)
+    return other - own if targeted else own - other
 
 
 def success(logits: Tensor, labels: Tensor, targeted: bool) -> Tensor:
@@ -34,3 +39,11 @@ def success(logits: Tensor, labels: Tensor, targeted: bool) -> Tensor:
     pred = logits.argmax(1)
     return (pred == labels if targeted else pred != labels) & torch.isfinite(logits).all(1)
 
+
+def reached(logits: Tensor, labels: Tensor, targeted: bool, kind: str = "cw", kappa: float = 0.0) -> Tensor:
+    """``(B,)`` bool: :func:`success`, and for the ``cw`` loss with ``kappa`` > 0 a margin of
+    at least ``kappa`` (the loss's clamp), so that the attack keeps going until it holds."""
+    ok = success(logits, labels, targeted)
+    if kind == "cw" and kappa > 0:
+        ok &= cw_margin(logits, labels, targeted) <= -kappa
+    return ok

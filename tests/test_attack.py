@@ -261,8 +261,6 @@ def test_conditioning_optimization(models, optimize):
         assert torch.equal(moved_latent, r.iterations != 0)
 
 
-@pytest.mark.xfail(strict=True, reason="AttackResult records no optimized conditioning: with optimize='cond' "
-                   "the returned images are not the samples of last_result.latent (attacks/sdo.py)")
 def test_returned_images_are_reproducible_from_the_record_with_conditioning_optimization(models):
     model, gen = models
     images, labels = unfooled_batch(model, 4)
@@ -270,7 +268,9 @@ def test_returned_images_are_reproducible_from_the_record_with_conditioning_opti
     adv = atk(images, labels)
     r = atk.last_result
     with torch.no_grad():
-        exact = gen.sample(r.latent, cond=gen.condition(labels), estimator="skip", start=r.start)
+        cond = gen.condition(labels)
+        assert r.cond_embeds is not None and not torch.equal(r.cond_embeds, cond.embeds)  # they were optimized
+        exact = gen.sample(r.latent, cond=cond.replace(r.cond_embeds), estimator="skip", start=r.start)
     assert torch.allclose(adv, exact, atol=1e-5)
 
 

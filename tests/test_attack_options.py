@@ -86,9 +86,6 @@ def test_kappa_keeps_pushing_the_margin_without_early_stop(models):
     assert pushed.mean() < flat.mean() - 0.05
 
 
-@pytest.mark.xfail(strict=True, reason="kappa never reaches the returned images: success (early stop and the "
-                   "smallest-L2 choice) is a bare misclassification, margin < 0, not margin <= -kappa "
-                   "(attacks/sdo.py, forward)")
 @pytest.mark.parametrize("early_stop", [True, False])
 def test_kappa_margin_holds_for_the_returned_images(models, early_stop):
     model, gen = models
