@@ -51,14 +51,14 @@ class SDOAttack(Attack):
         kappa (float): confidence margin of the ``cw`` loss. (Default: 0.0)
         fidelity (float): weight of the mean squared pixel error to the original image
             ([0, 1] units) added to the loss. (Default: 50.0)
+        fidelity_halflife (float or None): iterations over which the fidelity weight halves
+            (a sample optimized longer is one that has not yet succeeded); None keeps it
+            constant. (Default: None)
         latent_bound (float or None): L-inf bound on the change of the start latent (and of
             the conditioning embedding). (Default: 1.0)
         optimize (str): ``"latent"``, ``"cond"`` or ``"both"``. (Default: ``"latent"``)
-        early_stop (bool): stop optimizing a sample after its first success (and ``refine``
-            more iterations); otherwise run all steps. Either way the returned image is the
-            sample's successful image with the smallest L2. (Default: True)
-        refine (int): iterations a sample keeps optimizing after its first success, pulled
-            back toward the original by the fidelity term. (Default: 0)
+        early_stop (bool): stop optimizing a sample at its first success; otherwise run all
+            steps and keep the successful image with the smallest L2. (Default: True)
         prompts (callable or list of str or None): prompts for text-conditional generators,
             a list or a function of the labels; None builds them from the generator's
             ``class_names``. (Default: None)
@@ -94,7 +94,7 @@ class SDOAttack(Attack):
                  lr: float = 0.1, estimator: str | Estimator = "sdo", depth: float | int = 0.5,
                  loss: str = "cw", kappa: float = 0.0, fidelity: float = 50.0,
                  latent_bound: float | None = 1.0, optimize: str = "latent",
-                 early_stop: bool = True, refine: int = 0,
+                 early_stop: bool = True, fidelity_halflife: float | None = None,
                  prompts: Callable[[Tensor], Sequence[str]] | Sequence[str] | None = None,
                  progress: bool = False, sampler: str = "sequential", sweeps: int = 1,
                  tol: float | None = None, hold: str = "output",
@@ -121,9 +121,9 @@ class SDOAttack(Attack):
         self.steps, self.lr, self.depth = int(steps), float(lr), depth
         self.loss, self.kappa, self.fidelity = loss, float(kappa), float(fidelity)
         self.latent_bound, self.optimize, self.early_stop = latent_bound, optimize, bool(early_stop)
-        if isinstance(refine, bool) or not isinstance(refine, int) or refine < 0:
-            raise ValueError(f"refine must be an integer >= 0, got {refine!r}")
-        self.refine = refine
+        if fidelity_halflife is not None and not fidelity_halflife > 0:
+            raise ValueError(f"fidelity_halflife must be > 0 or None, got {fidelity_halflife!r}")
+        self.fidelity_halflife = fidelity_halflife
         self.prompts, self.progress = prompts, bool(progress)
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; accepted: {', '.join(SAMPLERS)}")
@@ -210,10 +210,8 @@ class SDOAttack(Attack):
         seconds: list[float] = []
         trajectory = self._picard.init_trajectory(z0, start, cond) if self._picard else None
         bar = tqdm(total=self.steps + 1, desc="SDOAttack", unit="it", disable=not self.progress)
-        first_ok = torch.full((n,), -1, dtype=torch.long, device=gen.device)
         for it in range(self.steps + 1):
-            refining = done & (it - first_ok <= self.refine)
-            active = ((~done | refining) & ~failed if self.early_stop else ~failed).nonzero().squeeze(1)
+            active = (~(done | failed) if self.early_stop else ~failed).nonzero().squeeze(1)
             if active.numel() == 0:
                 history.extend([(done & attackable).float().mean().item()] * (self.steps + 1 - it))
                 seconds.extend([seconds[-1]] * (self.steps + 1 - it))
@@ -238,7 +236,6 @@ class SDOAttack(Attack):
                     best_cond[active[improved | fallback]] = cond_a.embeds.detach()[improved | fallback]
                 best_l2[active[improved]] = l2[improved]
                 found_at[active[improved]] = it
-                first_ok[active[seen_ok & ~done[active]]] = it
                 done[active[seen_ok]] = True
                 history.append((done & attackable).float().mean().item())
                 seconds.append(time.perf_counter() - started)
@@ -249,10 +246,9 @@ class SDOAttack(Attack):
                     break
                 mse = (adv - images[active]).flatten(1).pow(2).mean(1)
                 objective = attack_loss(logits, goal[active], self.loss, self.targeted, self.kappa)
-                objective = objective + self.fidelity * mse
+                objective = objective + self._fidelity_weight(it) * mse
                 self._report(it, active, seen, done, objective.detach(), seconds[-1], calls)
-                train = ~seen_ok | (it - first_ok[active] < self.refine) if self.early_stop else \
-                    torch.ones_like(seen_ok)
+                train = ~seen_ok if self.early_stop else torch.ones_like(seen_ok)
                 broken = train & ~torch.isfinite(objective.detach())
                 self._fail(active[broken], f"non-finite loss at iteration {it}", failure, failed, done)
                 train &= ~broken
@@ -284,6 +280,13 @@ class SDOAttack(Attack):
             history=history,
             seconds=seconds)
         return out
+
+    def _fidelity_weight(self, iteration: int) -> float:
+        """The fidelity weight at ``iteration``: halved every ``fidelity_halflife`` iterations,
+        so that samples still unsuccessful may move further from the original."""
+        if self.fidelity_halflife is None:
+            return self.fidelity
+        return self.fidelity * 0.5 ** (iteration / self.fidelity_halflife)
 
     @staticmethod
     def _variables(z0: Tensor, delta: Tensor, cond: Condition | None, cond_delta: Tensor | None,

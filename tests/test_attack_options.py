@@ -60,6 +60,22 @@ def test_reported_objective_is_the_chosen_loss_plus_fidelity(models, loss, kappa
         assert any(bool((cw_margin(model(s.images), labels[s.active]) < -kappa).any()) for s in steps[:-1])
 
 
+def test_fidelity_halves_over_its_halflife(models):
+    model, gen = models
+    images, labels = unfooled_batch(model, 4)
+    steps = []
+    SDOAttack(model, gen, steps=4, lr=0.1, fidelity=8.0, fidelity_halflife=2, early_stop=False,
+              callback=steps.append)(images, labels)
+    for s in steps[:-1]:
+        with torch.no_grad():
+            margin = cw_margin(model(s.images), labels[s.active]).clamp(min=0.0)
+        mse = (s.images - images[s.active]).flatten(1).pow(2).mean(1)
+        assert torch.allclose(s.loss, margin + 8.0 * 0.5 ** (s.iteration / 2) * mse, atol=1e-5)
+    for bad in (0, -1.0):
+        with pytest.raises(ValueError, match="fidelity_halflife"):
+            SDOAttack(model, gen, fidelity_halflife=bad)
+
+
 def test_ce_loss_attack_flips_predictions(models):
     model, gen = models
     images, labels = unfooled_batch(model, 8)
