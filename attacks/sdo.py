@@ -40,20 +40,20 @@ class SDOAttack(Attack):
             its resolution by its ``input_mapping`` (resize, or zero-pad and crop back) and
             results converted back, differentiably, so success is judged on the returned image. (Default: the embedded digit generator is not implied.)
         steps (int): optimization iterations. (Default: 50)
-        lr (float): Adam learning rate on the latent. (Default: 0.1)
+        lr (float): Adam learning rate on the latent. (Default: 0.05)
         estimator (str or Estimator): gradient estimator: ``sdo`` (= ``sdo:first``),
             ``sdo:last``, ``sdo:random``, ``sdo:<i>``, ``skip``, ``truncated:K``,
             ``checkpoint``, ``full``. ``gradient=`` is accepted as its former name.
             (Default: ``"sdo"``)
         depth (float or int): inversion depth, a fraction of the schedule in (0, 1] or a start
-            index. (Default: 0.5)
+            index. (Default: 0.3)
         loss (str): ``"cw"`` margin or ``"ce"``. (Default: ``"cw"``)
         kappa (float): confidence margin of the ``cw`` loss. (Default: 0.0)
         fidelity (float): weight of the mean squared pixel error to the original image
-            ([0, 1] units) added to the loss. (Default: 50.0)
+            ([0, 1] units) added to the loss. (Default: 200.0)
         fidelity_halflife (float or None): iterations over which the fidelity weight halves
             (a sample optimized longer is one that has not yet succeeded); None keeps it
-            constant. (Default: None)
+            constant. (Default: 10)
         latent_bound (float or None): L-inf bound on the change of the start latent (and of
             the conditioning embedding). (Default: 1.0)
         optimize (str): ``"latent"``, ``"cond"`` or ``"both"``. (Default: ``"latent"``)
@@ -81,9 +81,11 @@ class SDOAttack(Attack):
         - images: :math:`(N, C, H, W)` in [0, 1], C in {1, 3}. - labels: :math:`(N)` int.
         - output: :math:`(N, C, H, W)` in [0, 1], the input's dtype and device.
 
-    Defaults suit the embedded 32x32 digit generator and pixel-space 32x32 models. For Stable
-    Diffusion scale, use ``depth=0.25``-``0.4``, ``lr=0.01``, ``latent_bound=0.2`` (ACA's
-    latent budget) and ``fidelity`` around 10.
+    The defaults (shallow inversion, heavy fidelity weight that halves for samples still
+    unsuccessful) were tuned on held-out digits against two embedded victims so that the judge
+    (``sdo-adv:digits-judge``) still reads the true class (``benchmarks/natural_quality.py``).
+    For Stable Diffusion scale, use ``depth=0.25``-``0.4``, ``lr=0.01``, ``latent_bound=0.2``
+    (ACA's latent budget) and ``fidelity`` around 10.
 
     Examples::
         >>> attack = SDOAttack(model, generator, steps=50, estimator="sdo")
@@ -91,10 +93,10 @@ class SDOAttack(Attack):
     """
 
     def __init__(self, model: torch.nn.Module, generator: DiffusionGenerator | str, steps: int = 50,
-                 lr: float = 0.1, estimator: str | Estimator = "sdo", depth: float | int = 0.5,
-                 loss: str = "cw", kappa: float = 0.0, fidelity: float = 50.0,
+                 lr: float = 0.05, estimator: str | Estimator = "sdo", depth: float | int = 0.3,
+                 loss: str = "cw", kappa: float = 0.0, fidelity: float = 200.0,
                  latent_bound: float | None = 1.0, optimize: str = "latent",
-                 early_stop: bool = True, fidelity_halflife: float | None = None,
+                 early_stop: bool = True, fidelity_halflife: float | None = 10.0,
                  prompts: Callable[[Tensor], Sequence[str]] | Sequence[str] | None = None,
                  progress: bool = False, sampler: str = "sequential", sweeps: int = 1,
                  tol: float | None = None, hold: str = "output",

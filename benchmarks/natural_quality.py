@@ -5,7 +5,8 @@ Success is untargeted and counted over the digits the victim reads correctly; th
 natural (definitions in :mod:`sdo_adv.judging`). Each row is one (victim, attack) pair:
 an SDOAttack configuration, or torchattacks PGD-40 (step 0.01) at an L-inf budget.
 
-    python benchmarks/natural_quality.py --split report --n 200 --out benchmarks/results/natural_quality_cpu.json
+    python benchmarks/natural_quality.py --split report --n 200 --attacks "default;pgd:0.3;pgd:0.15" \
+        --out benchmarks/results/natural_quality_cpu.json
     python benchmarks/natural_quality.py --split tune --n 64 --victims sdo-adv:digits-resnet18,sdo-adv:digits-mlp \\
         --attacks "default;depth=0.3,fidelity=200" --out tune.json
 
@@ -27,7 +28,7 @@ from pathlib import Path
 import torch
 
 from sdo_adv import load_classifier, load_generator
-from sdo_adv.attacks import SDOAttack
+from sdo_adv.attacks import AttackStep, SDOAttack
 from sdo_adv.data import load_digits
 from sdo_adv.judging import attack_success, judge_predictions, natural_success
 from sdo_adv.metrics import l2
@@ -71,11 +72,15 @@ def run(victim: str, spec: str, images: torch.Tensor, labels: torch.Tensor, batc
 
     model = load_classifier(victim)
     judge = {JUDGE: load_classifier(JUDGE)}
-    kwargs = parse_attack(spec)
+    kwargs, work = parse_attack(spec), [0]
+
+    def count(step: AttackStep) -> None:
+        work[0] += step.network_images
+
     if "pgd" in kwargs:
         attack = torchattacks.PGD(model, eps=kwargs["pgd"], alpha=0.01, steps=40, random_start=True)
     else:
-        attack = SDOAttack(model, load_generator("sdo-adv:digits"), **kwargs)
+        attack = SDOAttack(model, load_generator("sdo-adv:digits"), callback=count, **kwargs)
     torch.manual_seed(0)
     adv, started = [], time.perf_counter()
     for i in range(0, len(images), batch):
@@ -95,7 +100,22 @@ def run(victim: str, spec: str, images: torch.Tensor, labels: torch.Tensor, batc
             "natural_success_rate": int(natural.sum()) / max(1, int(correct.sum())),
             "mean_l2": l2(adv, images)[success].mean().item() if n_ok else None,
             "judge_clean_accuracy": (judge_predictions(judge, images)[JUDGE] == labels).float().mean().item(),
-            "seconds_per_image": seconds / len(images)}
+            "seconds_per_image": seconds / len(images),
+            # machine-independent cost: images the sampler's UNet evaluated, per attacked image
+            "network_images_per_image": work[0] / len(images) if "pgd" not in kwargs else None}
+
+
+def markdown(rows: list[dict]) -> str:
+    """The rows as a markdown table (percentages; cost in UNet images per digit)."""
+    pct = lambda v: fmt(None if v is None else 100 * v, ".1f")  # noqa: E731
+    lines = ["| victim | attack | clean acc. | success | judge agreement | natural success | mean L2 "
+             "| UNet images / digit | s / digit |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| `{r['victim'].removeprefix('sdo-adv:')}` | `{r['attack']}` | {pct(r['clean_accuracy'])} "
+                     f"| {pct(r['success_rate'])} | {pct(r['judge_agreement'])} | {pct(r['natural_success_rate'])} "
+                     f"| {fmt(r['mean_l2'], '.2f')} | {fmt(r.get('network_images_per_image'), '.0f')} "
+                     f"| {r['seconds_per_image']:.2f} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -107,7 +127,11 @@ def main() -> None:
     p.add_argument("--attacks", default="default", help="semicolon-separated attacks")
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
     p.add_argument("--out", type=Path)
+    p.add_argument("--markdown", action="store_true", help="print --out's rows as a markdown table and exit")
     a = p.parse_args()
+    if a.markdown:
+        print(markdown(json.loads(a.out.read_text())["rows"]))
+        return
     torch.set_num_threads(a.threads)
     images, labels = digits(a.split, a.n)
     settings = {"split": a.split, "n": a.n, "batch": a.batch, "judge": JUDGE}
@@ -118,16 +142,17 @@ def main() -> None:
         for spec in a.attacks.split(";"):
             if any(r["victim"] == victim and r["attack"] == spec for r in rows):
                 continue
-            row = run(victim, spec, images, labels, a.batch)
+            row = {**run(victim, spec, images, labels, a.batch), "command": " ".join(sys.argv)}
             rows.append(row)
             print(f"{victim:34s} {spec:40s} success {row['success_rate']:.3f} judge keeps "
                   f"{fmt(row['judge_agreement'], '.3f')} natural {row['natural_success_rate']:.3f} L2 "
-                  f"{fmt(row['mean_l2'], '.2f')} {row['seconds_per_image']:.2f} s/img", flush=True)
+                  f"{fmt(row['mean_l2'], '.2f')} {row['seconds_per_image']:.2f} s/img "
+                  f"{fmt(row['network_images_per_image'], '.0f')} UNet images/img", flush=True)
             if a.out:
                 a.out.parent.mkdir(parents=True, exist_ok=True)
                 write_text(a.out, json.dumps({"machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                                                           "threads": a.threads, "torch": torch.__version__},
-                                              "command": " ".join(sys.argv), "settings": settings, "rows": rows},
+                                              "settings": settings, "rows": rows},
                                              indent=2))
 
 

@@ -75,10 +75,14 @@ def resolve_options(ctx: click.Context, values: dict[str, Any]) -> dict[str, Any
 @click.option("--estimator", "--gradient", "estimator", default="sdo", show_default=True,
               help="Gradient estimator: sdo, sdo:last, sdo:random, sdo:<i>, skip, truncated:K, checkpoint, full.")
 @click.option("--steps", default=50, show_default=True, type=click.IntRange(1), help="Attack iterations.")
-@click.option("--lr", default=0.1, show_default=True, type=click.FloatRange(0, min_open=True),
+@click.option("--lr", default=0.05, show_default=True, type=click.FloatRange(0, min_open=True),
               help="Adam learning rate on the latent.")
-@click.option("--depth", default=0.5, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+@click.option("--depth", default=0.3, show_default=True, type=click.FloatRange(0, 1, min_open=True),
               help="Inversion depth, a fraction of the sampling schedule.")
+@click.option("--fidelity", default=200.0, show_default=True, type=click.FloatRange(0),
+              help="Weight of the mean squared pixel error to the original in the loss.")
+@click.option("--fidelity-halflife", default="10", show_default=True,
+              help="Iterations over which the fidelity weight halves; 'none' keeps it constant.")
 @click.option("--num-inference-steps", type=click.IntRange(1), help="Sampling steps  [default: the generator's].")
 @click.option("--guidance-scale", type=float, help="Classifier-free guidance  [default: the generator's].")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
@@ -104,6 +108,7 @@ def attack(ctx: click.Context, **values: Any) -> None:
     try:
         fields = {k: v for k, v in options.items() if k not in CLI_ONLY}
         fields["judges"] = tuple(s.strip() for s in (fields["judges"] or "").split(",") if s.strip())
+        fields["fidelity_halflife"] = _optional_float(fields["fidelity_halflife"], "--fidelity-halflife")
         config = AttackRunConfig(**fields)
         run = AttackRun(config, notice=lambda message: click.echo(message, err=True))
     except RunError as err:
@@ -119,6 +124,16 @@ def attack(ctx: click.Context, **values: Any) -> None:
     if s is not None:
         click.echo(summary_line(s))
         click.echo(f"wrote {run.out}: manifest.jsonl, summary.json, report.md, grid.png, run.json and the PNGs")
+
+
+def _optional_float(value: str | float | None, flag: str) -> float | None:
+    """A number, or None for ``none``."""
+    if value is None or str(value).strip().lower() == "none":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is neither a number nor 'none'", param_hint=f"'{flag}'") from None
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -79,7 +79,8 @@ class AttackRun:
         self.num_classes: int | None = self.classifier.num_classes
         self.targets = self._check_classes(csv_targets, generator)
         self.attack = SDOAttack(self.classifier, generator, steps=config.steps, lr=config.lr,
-                                estimator=config.estimator, depth=config.depth)
+                                estimator=config.estimator, depth=config.depth, fidelity=config.fidelity,
+                                fidelity_halflife=config.fidelity_halflife)
         if config.targeted == "least-likely":
             self.attack.set_mode_targeted_least_likely(quiet=True)
         elif config.targeted == "next":

@@ -39,10 +39,14 @@ class AttackRunConfig:
     """Gradient estimator (see :mod:`sdo_adv.estimators`)."""
     steps: int = 50
     """Attack iterations."""
-    lr: float = 0.1
+    lr: float = 0.05
     """Adam learning rate on the latent."""
-    depth: float = 0.5
+    depth: float = 0.3
     """Inversion depth, a fraction of the sampling schedule in (0, 1]."""
+    fidelity: float = 200.0
+    """Weight of the mean squared pixel error to the original in the attack loss."""
+    fidelity_halflife: float | None = 10.0
+    """Iterations over which the fidelity weight halves; None keeps it constant."""
     num_inference_steps: int | None = None
     """Sampling steps; None keeps the generator's stored value."""
     guidance_scale: float | None = None
@@ -77,6 +81,13 @@ class AttackRunConfig:
             raise RunError(f"depth must be a fraction in (0, 1], got {self.depth}", "depth")
         if self.guidance_scale is not None:
             _number(self, "guidance_scale")
+        _number(self, "fidelity")
+        if self.fidelity < 0:
+            raise RunError(f"fidelity must be >= 0, got {self.fidelity}", "fidelity")
+        if self.fidelity_halflife is not None:
+            _number(self, "fidelity_halflife")
+            if self.fidelity_halflife <= 0:
+                raise RunError(f"fidelity_halflife must be > 0, got {self.fidelity_halflife}", "fidelity_halflife")
         if self.device not in (None, *DEVICES):
             raise RunError(f"device must be one of {', '.join(DEVICES)} or None, got {self.device!r}", "device")
         if not isinstance(self.trust_pickle, bool):
@@ -121,7 +132,8 @@ class AttackRunConfig:
         """The settings recorded in a run.json (of this or an earlier version), by field name,
         without checking them (the files they name may be gone)."""
         names = {f.name for f in fields(cls)}
-        renamed = {"judges": [], **{LEGACY_KEYS.get(k, k): v for k, v in data.items()}}
+        renamed = {"judges": [], "fidelity": 50.0, "fidelity_halflife": None,  # absent before 0.2: their values then
+                   **{LEGACY_KEYS.get(k, k): v for k, v in data.items()}}
         return {k: v for k, v in renamed.items() if k in names}
 
     def changes_from(self, recorded: dict[str, Any]) -> list[str]:
