@@ -115,7 +115,8 @@ def test_outputs_and_manifest(assets, attacked):
     assert "| 8 |" in report and "success rate" in report and "## Skipped files (0)" in report
     run = json.loads((out / "run.json").read_text())
     assert run["config"]["steps"] == 1 and run["config"]["num_inference_steps"] == 2
-    assert run["config"]["lr"] == 0.1 and run["config"]["guidance_scale"] == 1.0 and run["config"]["depth"] == 0.5
+    assert run["config"]["lr"] == 0.05 and run["config"]["guidance_scale"] == 1.0 and run["config"]["depth"] == 0.3
+    assert run["config"]["fidelity"] == 200.0 and run["config"]["fidelity_halflife"] == 10.0
     assert set(run["config"]) == {f.name for f in dataclasses.fields(AttackRunConfig)}
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n"] == 8 and summary["success_rate"] == sum(r["success"] for r in rows) / 8
@@ -310,6 +311,31 @@ def test_evaluate(assets, attacked, tmp_path):
     assert "| `robustbench:cifar10/Linf/Standard` | skipped: weights not found" in table
     assert (tmp_path / "eval" / "evaluation.png").is_file()
     assert "robustbench:cifar10/Linf/Standard: skipped" in result.output
+
+
+def test_evaluate_with_a_judge(assets, attacked, tmp_path):
+    out, _ = attacked
+    judge = f"{assets / 'net.py'}:create_other"
+    result = invoke("evaluate", "--adv", str(out), "--judges", judge, "--out", str(tmp_path / "eval"))
+    assert result.exit_code == 0, result.output
+    ev = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    rows = manifest(out)
+    assert any(r["success"] for r in rows)
+    from sdo_adv import load_classifier
+
+    model = load_classifier(judge)
+    kept = []
+    for r in rows:
+        if r["success"]:
+            adv = torch.from_numpy(np.asarray(Image.open(out / r["file"]))).float().div(255)[None, None]
+            with torch.no_grad():
+                kept.append(int(model(adv).argmax(1)) == r["label"])
+    assert ev["judges"] == [judge] and ev["judge_agreement"] == pytest.approx(100 * np.mean(kept), abs=0.01)
+    assert ev["models"][0]["keeps_label"] == ev["judge_agreement"]
+    assert "judges keep the true label" in result.output
+    own = f"{assets / 'net.py'}:create_model"
+    refused = invoke("evaluate", "--adv", str(out), "--judges", own)
+    assert refused.exit_code == 2 and "cannot judge its own attack" in refused.output and "'--judges'" in refused.output
 
 
 def test_evaluate_unknown_spec_fails_at_once(attacked, no_compute):
