@@ -90,8 +90,10 @@ def parse_estimator(spec: str | Estimator, seed: int | None = None) -> Estimator
         return spec
     if not isinstance(spec, str):
         raise TypeError(f"estimator must be a string, got {type(spec).__name__}")
-    kind, _, arg = spec.strip().lower().partition(":")
+    kind, sep, arg = spec.strip().lower().partition(":")
     error = ValueError(f"unknown gradient estimator {spec!r}; accepted forms: {', '.join(ESTIMATOR_FORMS)}")
+    if sep and not arg:
+        raise error
     if kind in ("full", "checkpoint", "skip"):
         if arg:
             raise error

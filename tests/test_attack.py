@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from sdo_adv import load_classifier
 from sdo_adv.attacks import SDOAttack
 from tiny import (NUM_CLASSES, TinyClassifier, latent_class_generator, latent_text_generator, pixel_generator,
-                  recorded_network_calls)
+                  recorded_network_calls, tiny_sdo_attack)
 
 
 @pytest.fixture()
@@ -133,7 +133,7 @@ def test_save_writes_the_adversarial_images_and_the_robust_accuracy(models, tmp_
     model, gen = models
     images, labels = batch()
     loader = DataLoader(TensorDataset(images, labels), batch_size=2)
-    atk = SDOAttack(model, gen, steps=2)
+    atk = tiny_sdo_attack(model, gen, steps=2)
     expected = torch.cat([atk(images[:2], labels[:2]), atk(images[2:], labels[2:])])  # batch by batch
     with torch.no_grad():
         right = model(expected).argmax(1) == labels
@@ -185,7 +185,7 @@ def test_early_stop_drops_each_sample_at_its_first_success(models):
     model, gen = models
     images, labels = unfooled_batch(model, 8)
     steps = []
-    atk = SDOAttack(model, gen, steps=6, lr=0.3, fidelity=0.0, callback=steps.append)
+    atk = tiny_sdo_attack(model, gen, steps=6, lr=0.3, fidelity=0.0, callback=steps.append)
     adv = atk(images, labels)
     r = atk.last_result
     judged = successes_and_l2(model, images, labels, steps)
@@ -237,7 +237,7 @@ def test_conditioning_optimization(models, optimize):
             def callback(step):
                 steps.append(step)
                 first.append(len(calls))
-            atk = SDOAttack(model, gen, steps=3, optimize=opt, callback=callback)
+            atk = tiny_sdo_attack(model, gen, steps=3, optimize=opt, callback=callback)
             adv = atk(images, labels)
         # per network call: whether every row of the conditioning left the embedding table
         moved = [torch.cdist(c["embeds"], table).amin(1).gt(1e-6) for c in calls]
@@ -350,8 +350,8 @@ def test_latent_text_pipeline_end_to_end(tmp_path):
     with torch.no_grad():  # the runner-up class of each reconstruction: no success at the start
         target = model(inversion.reconstruction).topk(2).indices[:, 1]
     steps = []
-    atk = SDOAttack(model, gen, steps=3, lr=0.1, fidelity=0.0, optimize="both", prompts=prompts,
-                    callback=steps.append)
+    atk = tiny_sdo_attack(model, gen, steps=3, lr=0.1, fidelity=0.0, optimize="both", prompts=prompts,
+                      callback=steps.append)
     atk.set_mode_targeted_by_function(lambda x, y: target)
     r = assert_attack_worked(atk, images, labels, inversion, steps)
     assert torch.equal(r.adv_pred, target)
@@ -366,7 +366,7 @@ def test_latent_class_pipeline_end_to_end():
     with torch.no_grad():  # the least likely class of each reconstruction: no success at the start
         target = model(inversion.reconstruction).argmin(1)
     steps = []
-    atk = SDOAttack(model, gen, steps=3, lr=0.1, fidelity=0.0, estimator="sdo:random", callback=steps.append)
+    atk = tiny_sdo_attack(model, gen, steps=3, lr=0.1, fidelity=0.0, estimator="sdo:random", callback=steps.append)
     atk.set_mode_targeted_by_function(lambda x, y: target)
     r = assert_attack_worked(atk, images, labels, inversion, steps)
     assert torch.equal(r.adv_pred, target)
@@ -488,9 +488,9 @@ def test_a_success_is_kept_when_a_later_loss_turns_non_finite(models):
                     logits = logits * float("nan")
             return logits
 
-    reference = SDOAttack(model, gen, steps=1, lr=0.3, early_stop=False)
+    reference = tiny_sdo_attack(model, gen, steps=1, lr=0.3, early_stop=False)
     reference(images, labels)
-    atk = SDOAttack(LateNaN(), gen, steps=3, lr=0.3, early_stop=False)
+    atk = tiny_sdo_attack(LateNaN(), gen, steps=3, lr=0.3, early_stop=False)
     atk(images, labels)
     first = reference.last_result.iterations == 0  # successful at iteration 0, before the NaNs
     assert first.any() and not first.all()

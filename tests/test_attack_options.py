@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from sdo_adv import load_classifier
 from sdo_adv.attacks import SDOAttack
 from tiny import (NUM_CLASSES, TinyClassifier, cw_margin, latent_text_generator, pixel_generator,
-                  recorded_network_calls)
+                  recorded_network_calls, tiny_sdo_attack)
 
 
 @pytest.fixture()
@@ -47,8 +47,9 @@ def test_reported_objective_is_the_chosen_loss_plus_fidelity(models, loss, kappa
     model, gen = models
     images, labels = unfooled_batch(model, 4)
     steps = []
-    SDOAttack(model, gen, steps=3, lr=0.1, loss=loss, kappa=kappa, fidelity=7.0, early_stop=False,
-              callback=steps.append)(images, labels)
+    # a constant fidelity weight (no halflife): the objective is loss + 7.0 * mse at every iteration
+    tiny_sdo_attack(model, gen, steps=3, lr=0.1, loss=loss, kappa=kappa, fidelity=7.0, fidelity_halflife=None,
+                early_stop=False, callback=steps.append)(images, labels)
     for s in steps[:-1]:
         with torch.no_grad():
             logits = model(s.images)
@@ -124,7 +125,7 @@ def test_latent_bound_limits_the_latent_and_the_conditioning(models):
 
     def change(bound):
         with recorded_network_calls(gen) as calls:
-            atk = SDOAttack(model, gen, steps=4, lr=0.3, latent_bound=bound, optimize="both", early_stop=False)
+            atk = tiny_sdo_attack(model, gen, steps=4, lr=0.3, latent_bound=bound, optimize="both", early_stop=False)
             atk(images, labels)
         # early_stop=False: every call after the inversion's holds the whole batch in order
         cond = max((c["embeds"] - table[labels]).abs().max().item() for c in calls)
@@ -146,8 +147,8 @@ def test_picard_tol_stops_the_sweeps(models):
 
     def calls(tol):
         steps = []
-        SDOAttack(model, gen, steps=2, lr=0.1, sampler="picard", sweeps=3, tol=tol,
-                  callback=steps.append)(images, labels)
+        tiny_sdo_attack(model, gen, steps=2, lr=0.1, sampler="picard", sweeps=3, tol=tol,
+                    callback=steps.append)(images, labels)
         return [s.network_calls for s in steps]
 
     # each sweep is one batched call, then SDO's retained call
@@ -302,7 +303,7 @@ def test_callback_reports_every_iteration_and_the_network_work(guidance):
     gen = pixel_generator(steps=6, guidance_scale=guidance)
     images, labels = unfooled_batch(model, 6)
     steps = []
-    atk = SDOAttack(model, gen, steps=4, lr=0.3, fidelity=0.0, callback=steps.append)
+    atk = tiny_sdo_attack(model, gen, steps=4, lr=0.3, fidelity=0.0, callback=steps.append)
     atk(images, labels)
     r = atk.last_result
     all_done = [k for k, h in enumerate(r.history) if h == 1.0]

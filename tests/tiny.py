@@ -12,6 +12,16 @@ from sdo_adv import DiffusionGenerator
 
 NUM_CLASSES = 4
 
+# The SDOAttack settings the tiny-model tests are written for (the library defaults suit the embedded 32x32 digits).
+TINY_ATTACK = {"depth": 0.5, "lr": 0.1, "fidelity": 50.0, "fidelity_halflife": None}
+
+
+def tiny_sdo_attack(model, generator, **kw):
+    """An SDOAttack with :data:`TINY_ATTACK`, the explicit keyword arguments winning."""
+    from sdo_adv.attacks import SDOAttack
+
+    return SDOAttack(model, generator, **{**TINY_ATTACK, **kw})
+
 
 def tiny_unet(channels: int = 1, size: int = 8, num_class_embeds: int | None = NUM_CLASSES + 1):
     from diffusers import UNet2DModel
