@@ -7,27 +7,10 @@ import torch.nn.functional as F
 
 from sdo_adv import load_classifier
 from sdo_adv.attacks import SDOAttack
-from tiny import (NUM_CLASSES, TinyClassifier, cw_margin, latent_text_generator, pixel_generator,
-                  recorded_network_calls, tiny_sdo_attack)
+from tiny import (TinyClassifier, cw_margin, latent_text_generator, pixel_generator,
+                  recorded_network_calls, tiny_sdo_attack, tiny_models, batch, unfooled_batch)
 
-
-@pytest.fixture()
-def models():
-    torch.manual_seed(0)
-    model = load_classifier(TinyClassifier(), input_size=(1, 8, 8))
-    return model, pixel_generator(steps=4)
-
-
-def batch(n=4, channels=1, size=8):
-    g = torch.Generator().manual_seed(1)
-    return torch.rand(n, channels, size, size, generator=g), torch.arange(n) % NUM_CLASSES
-
-
-def unfooled_batch(model, n):
-    """Images labelled with the model's own predictions: no sample is successful at the start."""
-    images, _ = batch(n)
-    with torch.no_grad():
-        return images, model(images).argmax(1)
+models = pytest.fixture(name="models")(tiny_models)
 
 
 class NoSampling:

@@ -140,3 +140,25 @@ def cw_margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     own = logits.gather(1, labels[:, None]).squeeze(1)
     other = logits.scatter(1, labels[:, None], float("-inf")).amax(1)
     return own - other
+
+
+def tiny_models():
+    """A random-weight 8x8 classifier and a 4-step pixel generator, seeded."""
+    torch.manual_seed(0)
+    from sdo_adv import load_classifier
+
+    model = load_classifier(TinyClassifier(), input_size=(1, 8, 8))
+    return model, pixel_generator(steps=4)
+
+
+def batch(n=4, channels=1, size=8):
+    """Seeded [0, 1] images ``(n, channels, size, size)`` and labels ``arange(n) % NUM_CLASSES``."""
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(n, channels, size, size, generator=g), torch.arange(n) % NUM_CLASSES
+
+
+def unfooled_batch(model, n):
+    """Images labelled with the model's own predictions: no sample is successful at the start."""
+    images, _ = batch(n)
+    with torch.no_grad():
+        return images, model(images).argmax(1)
