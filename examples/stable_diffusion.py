@@ -79,7 +79,7 @@ def attack_photos(images_dir: Path, generator: str | Path, classifier: str | nn.
     model = load_classifier(classifier, pretrained=True, model_dir=robustbench_dir).to(device).eval()
     names = {i: c for c, i in CLASSES.items()}
     attack = SDOAttack(model, gen, steps=steps, lr=0.01, depth=0.3, latent_bound=0.2, fidelity=10.0,
-                       prompts=lambda y: [PROMPT.format(names[int(i)]) for i in y], progress=True)
+                       fidelity_halflife=None, prompts=lambda y: [PROMPT.format(names[int(i)]) for i in y], progress=True)
     imagenet = [d.split(",")[0] for d in ImageNetInfo().label_descriptions()]
 
     images = torch.stack([to_tensor(read_image(p), 3, (gen.image_size, gen.image_size)) for p in paths])
