@@ -165,7 +165,7 @@ def test_resume_after_interruption(assets, tmp_path, monkeypatch):
 def test_settings_change_refuses_resume(assets, attacked, no_compute):
     out, _ = attacked
     result = invoke(*attack_args(assets, out, "--lr", "0.5"))
-    assert result.exit_code != 0 and "other settings" in result.output and "lr: 0.1 -> 0.5" in result.output
+    assert result.exit_code != 0 and "other settings" in result.output and "lr: 0.05 -> 0.5" in result.output
 
 
 def test_random_targets_do_not_depend_on_batching(assets, tmp_path):
@@ -239,7 +239,7 @@ def bad_inputs(assets, tmp):
         (["--classifier", "keras:resnet"], None, "unknown classifier spec 'keras:resnet'; accepted forms"),
         (["--generator", "no/such/thing"], None, "no such folder: no/such/thing"),
         (["--generator", "sdo-adv:nope"], None, "unknown embedded generator 'nope'"),
-        (["--gradient", "sdo:99"], None, "index 99 is outside the 2 sampled steps"),
+        (["--gradient", "sdo:99"], None, "index 99 is outside the 1 sampled steps"),
         (["--gradient", "bptt"], None, "unknown gradient estimator"),
         (["--targeted", "sideways"], None, "neither random, least-likely, next nor an existing CSV"),
         (["--targeted", str(tmp / "targets.csv")], None, "the targets CSV has no row for 7 item(s)"),

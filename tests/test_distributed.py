@@ -14,8 +14,10 @@ from PIL import Image
 from sdo_adv.data import load_digits
 from sdo_adv.runs import AttackRun, AttackRunConfig
 
+# six iterations with a light fidelity weight, so that some digits are fooled and the comparison has successes
 ATTACK = ["attack", "--classifier", "sdo-adv:digits-resnet18", "--generator", "sdo-adv:digits",
-          "--steps", "6", "--batch-size", "2", "--seed", "3", "--device", "cpu"]
+          "--steps", "6", "--batch-size", "2", "--seed", "3", "--device", "cpu", "--depth", "0.5", "--lr", "0.1",
+          "--fidelity", "50", "--fidelity-halflife", "none"]
 N = 6
 
 
