@@ -40,7 +40,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-xdist", "hypothesis", "transformers>=4.40,<5", "scikit-image"],
-        "train": ["mlxtend>=0.23"],
+        "train": ["mlxtend>=0.23", "scikit-learn"],  # scikit-learn: the judge is fitted with it, then runs in torch
     },
     entry_points={"console_scripts": ["sdo-adv=sdo_adv.cli.main:main"]},
 )
