@@ -105,6 +105,23 @@ def run(victim: str, spec: str, images: torch.Tensor, labels: torch.Tensor, batc
             "network_images_per_image": work[0] / len(images) if "pgd" not in kwargs else None}
 
 
+def save(out: Path, settings: dict, row: dict, threads: int) -> list[dict]:
+    """Add ``row`` to ``out`` under an exclusive lock, keeping rows other processes added
+    meanwhile (several processes may share one file); return all rows."""
+    import fcntl
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.with_name(f".{out.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        old = json.loads(out.read_text()) if out.exists() else {}
+        rows = [r for r in old.get("rows", []) if old.get("settings") == settings
+                and (r["victim"], r["attack"]) != (row["victim"], row["attack"])] + [row]
+        write_text(out, json.dumps({"machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+                                                "threads": threads, "torch": torch.__version__},
+                                    "settings": settings, "rows": rows}, indent=2))
+    return rows
+
+
 def markdown(rows: list[dict]) -> str:
     """The rows as a markdown table (percentages; cost in UNet images per digit)."""
     pct = lambda v: fmt(None if v is None else 100 * v, ".1f")  # noqa: E731
@@ -149,11 +166,7 @@ def main() -> None:
                   f"{fmt(row['mean_l2'], '.2f')} {row['seconds_per_image']:.2f} s/img "
                   f"{fmt(row['network_images_per_image'], '.0f')} UNet images/img", flush=True)
             if a.out:
-                a.out.parent.mkdir(parents=True, exist_ok=True)
-                write_text(a.out, json.dumps({"machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                                                          "threads": a.threads, "torch": torch.__version__},
-                                              "settings": settings, "rows": rows},
-                                             indent=2))
+                rows = save(a.out, settings, row, a.threads)
 
 
 if __name__ == "__main__":
