@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from sdo_adv import load_classifier
 from sdo_adv.attacks import SDOAttack
 from tiny import (NUM_CLASSES, TinyClassifier, latent_class_generator, latent_text_generator, pixel_generator,
-                  recorded_network_calls, tiny_sdo_attack, tiny_models, batch, unfooled_batch)
+                  recorded_network_calls, tiny_sdo_attack, tiny_models, batch, unfooled_batch, NoSampling)
 
 models = pytest.fixture(name="models")(tiny_models)
 
@@ -261,17 +261,6 @@ def test_skip_refuses_conditioning_optimization(models):
     model, gen = models
     with pytest.raises(ValueError, match="no gradient"):
         SDOAttack(model, gen, estimator="skip", optimize="cond")
-
-
-class NoSampling:
-    """Make any network call of the generator fail, to prove validation comes first."""
-
-    def __init__(self, gen):
-        gen.unet.register_forward_pre_hook(self._fail)
-
-    @staticmethod
-    def _fail(*_):
-        raise AssertionError("the generator ran before the input was validated")
 
 
 @pytest.mark.parametrize("images,labels,match", [

@@ -8,20 +8,9 @@ import torch.nn.functional as F
 from sdo_adv import load_classifier
 from sdo_adv.attacks import SDOAttack
 from tiny import (TinyClassifier, cw_margin, latent_text_generator, pixel_generator,
-                  recorded_network_calls, tiny_sdo_attack, tiny_models, batch, unfooled_batch)
+                  recorded_network_calls, tiny_sdo_attack, tiny_models, batch, unfooled_batch, NoSampling)
 
 models = pytest.fixture(name="models")(tiny_models)
-
-
-class NoSampling:
-    """Make any network call of the generator fail, to prove validation comes first."""
-
-    def __init__(self, gen):
-        gen.unet.register_forward_pre_hook(self._fail)
-
-    @staticmethod
-    def _fail(*_):
-        raise AssertionError("the generator ran before the input was validated")
 
 
 # ---- loss and kappa -------------------------------------------------------------------------

@@ -162,3 +162,14 @@ def unfooled_batch(model, n):
     images, _ = batch(n)
     with torch.no_grad():
         return images, model(images).argmax(1)
+
+
+class NoSampling:
+    """Make any network call of the generator fail, to prove validation comes first."""
+
+    def __init__(self, gen):
+        gen.unet.register_forward_pre_hook(self._fail)
+
+    @staticmethod
+    def _fail(*_):
+        raise AssertionError("the generator ran before the input was validated")
