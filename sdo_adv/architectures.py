@@ -49,6 +49,15 @@ def create(name: str, **model_args: Any) -> nn.Module:
     return _REGISTRY[key](**model_args).eval()
 
 
+def _dense(width: int, hidden: Sequence[int], num_classes: int, drop_rate: float) -> list[nn.Module]:
+    """Linear -> ReLU -> Dropout per hidden width, then the Linear classification layer."""
+    layers: list[nn.Module] = []
+    for h in hidden:
+        layers += [nn.Linear(width, h), nn.ReLU(inplace=True), nn.Dropout(drop_rate)]
+        width = h
+    return layers + [nn.Linear(width, num_classes)]
+
+
 @register("mlp")
 class MLP(nn.Module):
     """Fully connected net on the flattened pixels: ``(B, in_chans, img_size, img_size)``
@@ -58,13 +67,8 @@ class MLP(nn.Module):
                  num_classes: int = 10, drop_rate: float = 0.0) -> None:
         super().__init__()
         self.num_classes = num_classes
-        layers: list[nn.Module] = [nn.Flatten()]
-        width = in_chans * img_size * img_size
-        for h in hidden:
-            layers += [nn.Linear(width, h), nn.ReLU(inplace=True), nn.Dropout(drop_rate)]
-            width = h
-        layers.append(nn.Linear(width, num_classes))
-        self.net = nn.Sequential(*layers)
+        self.net = nn.Sequential(nn.Flatten(), *_dense(in_chans * img_size * img_size, hidden, num_classes,
+                                                       drop_rate))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -85,13 +89,7 @@ class LeNet(nn.Module):
             nn.Conv2d(in_chans, c1, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
             nn.Conv2d(c1, c2, 5), nn.ReLU(inplace=True), nn.MaxPool2d(2), nn.Flatten())
         side = (img_size // 2 - 4) // 2
-        layers: list[nn.Module] = []
-        width = c2 * side * side
-        for h in hidden:
-            layers += [nn.Linear(width, h), nn.ReLU(inplace=True), nn.Dropout(drop_rate)]
-            width = h
-        layers.append(nn.Linear(width, num_classes))
-        self.classifier = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(*_dense(c2 * side * side, hidden, num_classes, drop_rate))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x))

@@ -136,6 +136,7 @@ def load_classifier(spec: str | Path | nn.Module, *, pretrained: bool = False,
     if not isinstance(spec, (str, Path)):
         raise TypeError(f"classifier spec must be a string, a path or an nn.Module, got {type(spec).__name__}")
     spec_s = str(spec)
+    check_classifier_spec(spec_s)
     scheme, sep, rest = spec_s.partition(":")
     if sep and scheme == "sdo-adv":
         return _embedded_classifier(rest)
@@ -144,9 +145,7 @@ def load_classifier(spec: str | Path | nn.Module, *, pretrained: bool = False,
         return _timm_classifier(name, pretrained, ckpt or None, trust_pickle, kwargs)
     if sep and scheme == "robustbench":
         return _robustbench_classifier(rest, model_dir)
-    if spec_s.split(":")[0].endswith(".py"):
-        return _file_classifier(spec_s, kwargs)
-    raise ValueError(f"unknown classifier spec {spec_s!r}; accepted forms: " + ", ".join(CLASSIFIER_FORMS))
+    return _file_classifier(spec_s, kwargs)
 
 
 class UnsafeCheckpointError(ValueError):
@@ -160,7 +159,7 @@ class UnsafeCheckpointError(ValueError):
 def check_classifier_spec(spec: str | Path) -> None:
     """Check a classifier spec string without loading weights: its form, an embedded or timm
     model's name, a robustbench dataset, the files it names. Raises ValueError or
-    FileNotFoundError naming the problem."""
+    FileNotFoundError naming the problem; :func:`load_classifier` calls it first."""
     spec_s = str(spec)
     scheme, sep, rest = spec_s.partition(":")
     if sep and scheme == "sdo-adv":
@@ -238,8 +237,6 @@ def _timm_classifier(name: str, pretrained: bool, ckpt: str | None, trust_pickle
                      kwargs: dict[str, Any]) -> ImageClassifier:
     import timm
 
-    if not timm.is_model(name):
-        raise ValueError(f"unknown timm model {name!r}")
     state = load_state_dict(ckpt, trust_pickle=trust_pickle) if ckpt is not None else None
     try:
         model = timm.create_model(name, pretrained=pretrained and ckpt is None, **kwargs)
@@ -276,12 +273,7 @@ def _embedded_classifier(name: str) -> ImageClassifier:
 
 
 def _robustbench_classifier(rest: str, model_dir: str | Path) -> ImageClassifier:
-    parts = rest.split("/")
-    if len(parts) != 3 or not all(parts):
-        raise ValueError(f"robustbench spec must be robustbench:<dataset>/<threat model>/<model name>, got {rest!r}")
-    dataset, threat, name = parts
-    if dataset not in ROBUSTBENCH_INPUT:
-        raise ValueError(f"unknown robustbench dataset {dataset!r}; accepted: {', '.join(ROBUSTBENCH_INPUT)}")
+    dataset, threat, name = rest.split("/")
     rb = _compat_robustbench()
     from robustbench.model_zoo import model_dicts
     from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
@@ -311,8 +303,6 @@ def _compat_robustbench():
 def _file_classifier(spec: str, kwargs: dict[str, Any]) -> ImageClassifier:
     file, _, factory = spec.partition(":")
     path = Path(file)
-    if not path.is_file():
-        raise FileNotFoundError(f"classifier file not found: {path}")
     module_spec = importlib.util.spec_from_file_location(f"sdo_adv_user_{path.stem}", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)

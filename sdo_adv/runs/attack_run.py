@@ -49,7 +49,8 @@ class AttackRun:
     def __init__(self, config: AttackRunConfig, notice: Callable[[str], None] = print,
                  process: Process | None = None) -> None:
         config = config.resolved()
-        self.process = process or current_process(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.process = process or current_process(device)
         self.notices: list[str] = []
         self._notice = notice
         self.dataset = read_dataset(config.input, config.labels)
@@ -63,7 +64,6 @@ class AttackRun:
         self.out = Path(config.out)
         self._check_resume(config)
 
-        device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.device = torch.device(self.process.device if device == "cuda" else device)
         self.classifier = _load(lambda: load_classifier(config.classifier, pretrained=True,
                                                         trust_pickle=config.trust_pickle),
