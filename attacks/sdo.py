@@ -13,8 +13,8 @@ from tqdm.auto import tqdm
 from sdo_adv.estimators import Estimator, parse_estimator
 from sdo_adv.generator import Condition, DiffusionGenerator
 from sdo_adv.imaging import check_images, check_labels
-from sdo_adv.loading import load_generator
-from sdo_adv.losses import LOSSES, attack_loss, reached, success
+from sdo_adv.loading import load_classifier, load_generator
+from sdo_adv.losses import LOSSES, attack_loss, keep_loss, reached, success
 from sdo_adv import metrics
 from sdo_adv.picard import PicardSampler, Trajectory
 
@@ -76,6 +76,17 @@ class SDOAttack(Attack):
             clean-image prediction; see :mod:`sdo_adv.picard`). (Default: ``"output"``)
         callback (callable or None): called once per iteration with an :class:`AttackStep`
             (per-sample state, for instrumentation). (Default: None)
+        guard (nn.Module or str or None): a classifier (or a spec for
+            :func:`sdo_adv.load_classifier`) that must keep reading the true class: its hinge
+            ``max(0, guard_kappa - margin)`` joins the loss with weight ``guard_weight`` and a
+            sample succeeds only while the guard reads the true class; one that cannot is
+            returned as its last image the victim still reads correctly (or as the input)
+            and reported as not fooled. An adversarially trained classifier
+            (perceptually aligned gradients) keeps the class for people and for judges; it must
+            not be the victim. ``"auto"`` takes the generator's recommended guard
+            (``sdo-adv:digits-guard`` for the embedded digits), if it has one. (Default: ``"auto"``)
+        guard_weight (float): weight of the guard's hinge. (Default: 1.0)
+        guard_kappa (float): guard margin the hinge asks for. (Default: 0.0)
 
     Shape:
         - images: :math:`(N, C, H, W)` in [0, 1], C in {1, 3}. - labels: :math:`(N)` int.
@@ -100,7 +111,9 @@ class SDOAttack(Attack):
                  prompts: Callable[[Tensor], Sequence[str]] | Sequence[str] | None = None,
                  progress: bool = False, sampler: str = "sequential", sweeps: int = 1,
                  tol: float | None = None, hold: str = "output",
-                 callback: Callable[[AttackStep], None] | None = None, *, gradient: str | None = None) -> None:
+                 callback: Callable[[AttackStep], None] | None = None,
+                 guard: torch.nn.Module | str | None = "auto", guard_weight: float = 1.0, guard_kappa: float = 0.0,
+                 *, gradient: str | None = None) -> None:
         super().__init__("SDOAttack", model)
         self.generator = load_generator(generator)
         if gradient is not None:
@@ -132,6 +145,12 @@ class SDOAttack(Attack):
         self.sampler, self.sweeps, self.tol = sampler, int(sweeps), tol
         self._picard = PicardSampler(self.generator, self.sweeps, tol, hold=hold) if sampler == "picard" else None
         self.callback = callback
+        if guard == "auto":
+            guard = self.generator.guard
+        self.guard = load_classifier(guard).to(self.generator.device).eval() if isinstance(guard, str) else guard
+        if self.guard is model:
+            raise ValueError("the guard is the victim: a guard must be another classifier")
+        self.guard_weight, self.guard_kappa = float(guard_weight), float(guard_kappa)
         self.supported_mode = ["default", "targeted"]
         self.last_result: AttackResult | None = None
 
@@ -224,14 +243,16 @@ class SDOAttack(Attack):
                 generated, calls = self._sample(z, cond_a, start, active, trajectory)
                 adv = gen.from_generator(generated, c, (h, w))
                 logits = self.get_logits(adv)
+                guard_logits = self.guard(adv) if self.guard is not None else None
                 ok = reached(logits, goal[active], self.targeted, self.loss, self.kappa)
-                seen, seen_ok = adv.detach(), ok
+                seen, fooled = adv.detach(), ok
                 if self._picard is not None:
-                    seen, seen_ok = self._exact(z, cond_a, start, ok | last, seen, ok, goal[active], (c, h, w),
-                                                trajectory, active)
+                    seen, fooled = self._exact(z, cond_a, start, ok | last, seen, ok, goal[active], (c, h, w),
+                                               trajectory, active)
+                seen_ok = fooled & self._kept(seen, labels[active], None if self._picard else guard_logits)
                 l2 = metrics.l2(seen, images[active])
                 improved = seen_ok & (l2 < best_l2[active])
-                fallback = ~done[active] & ~seen_ok & torch.isfinite(seen).flatten(1).all(1)
+                fallback = ~done[active] & ~fooled & torch.isfinite(seen).flatten(1).all(1)
                 best[active[improved | fallback]] = seen[improved | fallback]
                 best_z[active[improved | fallback]] = z.detach()[improved | fallback]
                 if best_cond is not None:
@@ -249,6 +270,8 @@ class SDOAttack(Attack):
                 mse = (adv - images[active]).flatten(1).pow(2).mean(1)
                 objective = attack_loss(logits, goal[active], self.loss, self.targeted, self.kappa)
                 objective = objective + self._fidelity_weight(it) * mse
+                if guard_logits is not None:
+                    objective = objective + self.guard_weight * keep_loss(guard_logits, labels[active], self.guard_kappa)
                 self._report(it, active, seen, done, objective.detach(), seconds[-1], calls)
                 train = ~seen_ok if self.early_stop else torch.ones_like(seen_ok)
                 broken = train & ~torch.isfinite(objective.detach())
@@ -270,7 +293,7 @@ class SDOAttack(Attack):
         with torch.no_grad():
             adv_logits = self.get_logits(returned)
         final_success = success(adv_logits, goal, self.targeted) & ~(failed & ~done)
-        final_success &= attackable  # untargeted: an image misread before the attack is no success of it
+        final_success &= attackable & self._kept(returned, labels)  # untargeted: a misread clean image is no success
         self.last_result = AttackResult(
             success=final_success.cpu(), iterations=torch.where(final_success, found_at, -1).cpu(),
             l2=metrics.l2(returned, images).cpu(),
@@ -282,6 +305,14 @@ class SDOAttack(Attack):
             history=history,
             seconds=seconds)
         return out
+
+    @torch.no_grad()
+    def _kept(self, images: Tensor, labels: Tensor, guard_logits: Tensor | None = None) -> Tensor:
+        """``(B,)`` bool: the guard (if any) reads ``labels`` for ``images`` (or its ``guard_logits``)."""
+        if self.guard is None:
+            return torch.ones(images.shape[0], dtype=torch.bool, device=images.device)
+        logits = guard_logits if guard_logits is not None else self.guard(images)
+        return logits.argmax(1) == labels
 
     def _fidelity_weight(self, iteration: int) -> float:
         """The fidelity weight at ``iteration``: halved every ``fidelity_halflife`` iterations,

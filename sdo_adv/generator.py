@@ -71,7 +71,9 @@ class DiffusionGenerator(nn.Module):
     ``solver=None``. Note that diffusers' DPM-Solver computes its update in float32.
     ``input_mapping`` says how images of another size reach :attr:`image_size` and come back:
     ``"resize"`` (bilinear) or ``"pad"`` (zero-pad smaller images, centred, and crop back, as
-    for digits trained padded from 28 to 32 pixels; larger images are resized).
+    for digits trained padded from 28 to 32 pixels; larger images are resized). ``guard`` names
+    a classifier spec recommended as :class:`~sdo_adv.attacks.SDOAttack`'s guard for this
+    generator's images (an adversarially trained classifier of its classes), or None.
     ``Generator`` is an alias of this class, kept for compatibility.
     """
 
@@ -80,7 +82,8 @@ class DiffusionGenerator(nn.Module):
                  num_inference_steps: int = 50, guidance_scale: float = 1.0,
                  null_class: int | None = None, solver: str | None = "ddim",
                  class_names: Sequence[str] | None = None,
-                 prompt_template: str = "a photo of a {}", input_mapping: str = "resize") -> None:
+                 prompt_template: str = "a photo of a {}", input_mapping: str = "resize",
+                 guard: str | None = None) -> None:
         super().__init__()
         self.unet, self.vae, self.text_encoder = unet, vae, text_encoder
         self.tokenizer = tokenizer
@@ -98,7 +101,7 @@ class DiffusionGenerator(nn.Module):
         self.prompt_template = prompt_template
         if input_mapping not in INPUT_MAPPINGS:
             raise ValueError(f"unknown input_mapping {input_mapping!r}; accepted: {', '.join(INPUT_MAPPINGS)}")
-        self.input_mapping = input_mapping
+        self.input_mapping, self.guard = input_mapping, guard
 
     @classmethod
     def from_diffusers(cls, unet: nn.Module, scheduler: Any, vae: nn.Module | None = None,

@@ -33,6 +33,12 @@ def cw_margin(logits: Tensor, labels: Tensor, targeted: bool = False) -> Tensor:
     return other - own if targeted else own - other
 
 
+def keep_loss(logits: Tensor, labels: Tensor, kappa: float = 0.0) -> Tensor:
+    """``(B,)`` hinge ``max(0, kappa - (z_y - max_{j != y} z_j))``: zero while the classifier
+    reads ``labels`` with a margin of at least ``kappa`` (a guard keeping the true class)."""
+    return (kappa - cw_margin(logits, labels)).clamp(min=0)
+
+
 def success(logits: Tensor, labels: Tensor, targeted: bool) -> Tensor:
     """``(B,)`` bool: prediction equals the target (targeted) or differs from the label; never
     for logits with a NaN or inf."""

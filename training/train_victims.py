@@ -11,6 +11,12 @@ normalized by ``(x - 0.5) / 0.5`` (as ``train_classifiers.py``):
 * ``digits-cnn-aug``: a deeper VGG-style CNN with batch norm, trained with heavy
   augmentation (random affine, elastic distortion, pixel noise): the hardest of the three.
 
+And the attack's guard (never a victim of the reports, never a judge):
+
+* ``digits-guard``: a LeNet-style CNN on the 32x32 digits, adversarially trained with PGD
+  (L-inf eps 0.3, ramped up over the first epochs), so that its gradients are perceptually
+  aligned: ``SDOAttack(guard=...)`` keeps its true-class reading while fooling the victim.
+
 The networks are trained inside :class:`sdo_adv.classifier.ImageClassifier`, so training
 sees the same resizing and normalization as the shipped model. Seeded and resumable (a
 checkpoint per epoch in ``WORK/<name>/state.pt``). Each finished model is evaluated on the
@@ -40,6 +46,7 @@ from torch import Tensor
 
 from digits_data import N_TRAIN, SPLIT_SEED, load_split, to_unit
 from sdo_adv import architectures
+from train_classifiers import PGDTraining, pgd_attack
 from sdo_adv.classifier import ImageClassifier
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,6 +69,7 @@ class Spec:
     summary: str
     weight_decay: float = 0.05
     label_smoothing: float = 0.0
+    pgd: PGDTraining | None = None
     notes: dict[str, str] = field(default_factory=dict)
 
 
@@ -80,6 +88,12 @@ SPECS: dict[str, Spec] = {
         "cnn", {"in_chans": 1, "widths": [24, 48, 96], "blocks": [1, 2, 2], "num_classes": 10, "drop_rate": 0.3},
         (1, 32, 32), epochs=30, batch=64, lr=3e-3, augment="heavy", weight_decay=0.05, label_smoothing=0.1,
         summary="VGG-style CNN with batch norm, heavy augmentation (affine, elastic, noise): the hardest victim"),
+    "digits-guard": Spec(
+        "lenet", {"in_chans": 1, "img_size": 32, "channels": [24, 48], "hidden": [128], "num_classes": 10},
+        (1, 32, 32), epochs=20, batch=64, lr=2e-3, augment="light", weight_decay=0.01,
+        pgd=PGDTraining(eps=0.3, alpha=0.1, steps=5, ramp_epochs=6),
+        summary="LeNet-style CNN on 32x32, PGD adversarial training (L-inf eps 0.3): SDOAttack's guard, "
+                "never a victim or a judge"),
 }
 
 AUGMENT_TEXT = {
@@ -182,6 +196,12 @@ def train(name: str, data: dict[str, Tensor], args: argparse.Namespace) -> tuple
         for i in range(per_epoch):
             idx = perm[i * spec.batch:(i + 1) * spec.batch]
             xb, yb = augment(x[idx], gen), y[idx]
+            if spec.pgd is not None:
+                p = spec.pgd
+                eps = p.eps * min(1.0, (epoch * per_epoch + i + 1) / (p.ramp_epochs * per_epoch))
+                model.eval()
+                xb = pgd_attack(model, xb, yb, eps, p.alpha * eps / p.eps, p.steps, gen)
+                model.train()
             logits = model(xb)
             loss = F.cross_entropy(logits, yb, label_smoothing=spec.label_smoothing)
             opt.zero_grad(set_to_none=True)
@@ -238,6 +258,9 @@ def export(name: str, model: ImageClassifier, state: dict[str, Any], metrics: di
             "optimizer": f"AdamW(lr={spec.lr}, weight_decay={spec.weight_decay}), one-cycle schedule",
             "loss": f"cross-entropy, label smoothing {spec.label_smoothing}",
             "augmentation": AUGMENT_TEXT[spec.augment],
+            "adversarial": (f"PGD-{spec.pgd.steps} (L-inf eps {spec.pgd.eps}, step {spec.pgd.alpha}, random start) "
+                            f"on every batch, eps ramped linearly over the first {spec.pgd.ramp_epochs} epochs"
+                            if spec.pgd is not None else "none"),
             "wall_time_s": round(state["elapsed"], 1), "hardware": HARDWARE,
             "hardware_detail": hardware_detail(args.threads),
             "num_parameters": sum(p.numel() for p in model.model.parameters()),
@@ -255,6 +278,18 @@ def export(name: str, model: ImageClassifier, state: dict[str, Any], metrics: di
     tmp.rename(out)
     shutil.rmtree(old, ignore_errors=True)
     return out
+
+
+def robustness(model: ImageClassifier, x: Tensor, y: Tensor, eps: float, seed: int) -> dict[str, Any]:
+    """torchattacks PGD-40 robust accuracy of ``model`` on ``x`` at L-inf ``eps``."""
+    import torchattacks
+
+    torch.manual_seed(seed)
+    attack = torchattacks.PGD(model, eps=eps, alpha=0.01, steps=40, random_start=True)
+    robust = sum((model(attack(x[i:i + 250], y[i:i + 250])).argmax(1) == y[i:i + 250]).sum().item()
+                 for i in range(0, len(x), 250))
+    return {"eps": eps, "norm": "Linf", "pgd40_robust_accuracy": robust / len(x),
+            "pgd40": f"torchattacks PGD(eps={eps}, alpha=0.01, steps=40, random_start=True), all {len(x)} held-out digits"}
 
 
 def main() -> None:
@@ -275,6 +310,9 @@ def main() -> None:
         metrics = {"heldout_accuracy": accuracy(model, xh, yh), "n_heldout": len(xh),
                    "shipped_200_accuracy": accuracy(model, xh[:200], yh[:200])}
         print(f"[{name}] held-out accuracy {metrics['heldout_accuracy']:.4f} on {len(xh)}", flush=True)
+        if SPECS[name].pgd is not None:
+            metrics.update(robustness(model, xh, yh, SPECS[name].pgd.eps, args.seed))
+            print(f"[{name}] PGD-40 robust accuracy {metrics['pgd40_robust_accuracy']:.4f}", flush=True)
         print(f"[{name}] exported to {export(name, model, state, metrics, args)}", flush=True)
 
 
