@@ -14,7 +14,7 @@ from sdo_adv.estimators import Estimator, parse_estimator
 from sdo_adv.generator import Condition, DiffusionGenerator
 from sdo_adv.imaging import check_images, check_labels
 from sdo_adv.loading import load_classifier, load_generator
-from sdo_adv.losses import LOSSES, attack_loss, keep_loss, reached, success
+from sdo_adv.losses import LOSSES, attack_loss, cw_margin, keep_loss, reached, success
 from sdo_adv import metrics
 from sdo_adv.picard import PicardSampler, Trajectory
 
@@ -79,14 +79,16 @@ class SDOAttack(Attack):
         guard (nn.Module or str or None): a classifier (or a spec for
             :func:`sdo_adv.load_classifier`) that must keep reading the true class: its hinge
             ``max(0, guard_kappa - margin)`` joins the loss with weight ``guard_weight`` and a
-            sample succeeds only while the guard reads the true class; one that cannot is
+            sample succeeds only while the guard reads the true class with a margin of at
+            least ``guard_kappa``; one that cannot is
             returned as its last image the victim still reads correctly (or as the input)
             and reported as not fooled. An adversarially trained classifier
             (perceptually aligned gradients) keeps the class for people and for judges; it must
             not be the victim. ``"auto"`` takes the generator's recommended guard
             (``sdo-adv:digits-guard`` for the embedded digits), if it has one. (Default: ``"auto"``)
         guard_weight (float): weight of the guard's hinge. (Default: 1.0)
-        guard_kappa (float): guard margin the hinge asks for. (Default: 0.0)
+        guard_kappa (float): the guard's margin (true-class logit over the largest other)
+            that the hinge asks for and success requires. (Default: 0.0)
 
     Shape:
         - images: :math:`(N, C, H, W)` in [0, 1], C in {1, 3}. - labels: :math:`(N)` int.
@@ -308,11 +310,12 @@ class SDOAttack(Attack):
 
     @torch.no_grad()
     def _kept(self, images: Tensor, labels: Tensor, guard_logits: Tensor | None = None) -> Tensor:
-        """``(B,)`` bool: the guard (if any) reads ``labels`` for ``images`` (or its ``guard_logits``)."""
+        """``(B,)`` bool: the guard (if any) reads ``labels`` for ``images`` (or from its
+        ``guard_logits``) with a margin of at least ``guard_kappa``."""
         if self.guard is None:
             return torch.ones(images.shape[0], dtype=torch.bool, device=images.device)
         logits = guard_logits if guard_logits is not None else self.guard(images)
-        return logits.argmax(1) == labels
+        return (logits.argmax(1) == labels) & (cw_margin(logits, labels) >= self.guard_kappa)
 
     def _fidelity_weight(self, iteration: int) -> float:
         """The fidelity weight at ``iteration``: halved every ``fidelity_halflife`` iterations,

@@ -1,14 +1,20 @@
-"""Image tensor helpers: validation, differentiable resizing, channel conversion.
+"""Image tensor helpers: validation, differentiable resizing and cropping (timm's evaluation
+transform), channel conversion.
 
 Images are float tensors ``(B, C, H, W)`` with values in [0, 1].
 """
 from __future__ import annotations
+
+import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 LUMA = (0.299, 0.587, 0.114)
+INTERPOLATIONS = {"bilinear": "bilinear", "bicubic": "bicubic", "nearest": "nearest-exact"}
+CROP_MODES = ("center", "squash", "border")
 
 
 def check_images(images: object, name: str = "images") -> Tensor:
@@ -49,13 +55,24 @@ def check_labels(labels: object, batch: int, num_classes: int | None, name: str 
     return labels
 
 
-def resize(images: Tensor, size: int | tuple[int, int]) -> Tensor:
-    """Differentiable bilinear resize to ``size`` (antialiased when shrinking); identity if equal."""
+def resize(images: Tensor, size: int | tuple[int, int], interpolation: str = "bilinear") -> Tensor:
+    """Differentiable resize of ``(B, C, H, W)`` images to ``size`` ``(H, W)``, as PIL (and
+    torchvision's antialiased tensor resize): ``interpolation`` ``"bilinear"`` (antialiased when
+    shrinking; enlarging is the same either way), ``"bicubic"`` (antialiased, in two passes,
+    width then height, each clamped to [0, 1] as PIL's 8-bit passes are; Pillow 13 runs the
+    height pass first for some shrinking shapes) or ``"nearest"``
+    (torch's ``nearest-exact``: PIL picks the other neighbour at exact ties). Identity if equal."""
     size = (size, size) if isinstance(size, int) else tuple(size)
     if tuple(images.shape[-2:]) == size:
         return images
+    mode = INTERPOLATIONS[interpolation]
+    if mode == "nearest-exact":
+        return F.interpolate(images, size=size, mode=mode)
+    if mode == "bicubic":
+        wide = F.interpolate(images, size=(images.shape[-2], size[1]), mode=mode, antialias=True).clamp(0, 1)
+        return F.interpolate(wide, size=size, mode=mode, antialias=True).clamp(0, 1)
     shrink = size[0] < images.shape[-2] or size[1] < images.shape[-1]
-    return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=shrink)
+    return F.interpolate(images, size=size, mode=mode, align_corners=False, antialias=shrink)
 
 
 def convert_channels(images: Tensor, channels: int) -> Tensor:
@@ -69,11 +86,6 @@ def convert_channels(images: Tensor, channels: int) -> Tensor:
         w = images.new_tensor(LUMA).view(1, 3, 1, 1)
         return (images * w).sum(1, keepdim=True)
     raise ValueError(f"cannot convert images with {have} channels to {channels} channels")
-
-
-def to_model_input(images: Tensor, channels: int, size: int | tuple[int, int]) -> Tensor:
-    """Convert channels and resize, in that order."""
-    return resize(convert_channels(images, channels), size)
 
 
 def pad_to(images: Tensor, size: int | tuple[int, int]) -> Tensor:
@@ -108,3 +120,41 @@ def unfit(images: Tensor, size: tuple[int, int], mapping: str = "resize") -> Ten
     if mapping == "pad" and size[0] <= images.shape[-2] and size[1] <= images.shape[-1]:
         return crop_to(images, size)
     return resize(images, size)
+
+
+def center_crop(images: Tensor, size: tuple[int, int], fill: float | Sequence[float] = 0.0) -> Tensor:
+    """The centre ``size`` ``(H, W)`` of ``(B, C, H, W)`` images as torchvision's ``CenterCrop``
+    (timm's ``CenterCropOrPad``): a side shorter than ``size`` is first padded with ``fill`` (one
+    value or one per channel), the extra row or column of an odd difference at the bottom or
+    right; the crop starts at ``round((H - h) / 2)``, as torchvision rounds."""
+    h, w = size
+    dh, dw = max(h - images.shape[-2], 0), max(w - images.shape[-1], 0)
+    if dh or dw:
+        value = torch.as_tensor(fill, dtype=images.dtype, device=images.device).reshape(1, -1, 1, 1)
+        images = F.pad(images - value, (dw // 2, (dw + 1) // 2, dh // 2, (dh + 1) // 2)) + value
+    top, left = int(round((images.shape[-2] - h) / 2.0)), int(round((images.shape[-1] - w) / 2.0))
+    return images[..., top:top + h, left:left + w]
+
+
+def eval_transform(images: Tensor, size: tuple[int, int], crop_pct: float = 1.0,
+                   interpolation: str = "bilinear", crop_mode: str = "center",
+                   fill: float | Sequence[float] = 0.0) -> Tensor:
+    """timm's evaluation transform (``transforms_imagenet_eval``) of [0, 1] images ``(B, C, H, W)``
+    to ``(B, C, *size)``, differentiable: with ``s = floor(size / crop_pct)``, ``"center"``
+    resizes the shorter side to ``s`` keeping the aspect ratio, ``"squash"`` resizes to ``s``,
+    ``"border"`` resizes the longer side to ``s`` and pads with ``fill``; then centre crop.
+
+    As timm does, ``"center"`` with a non-square ``s`` resizes bilinearly whatever
+    ``interpolation`` says."""
+    if crop_mode not in CROP_MODES:
+        raise ValueError(f"crop_mode must be one of {', '.join(CROP_MODES)}, got {crop_mode!r}")
+    (h, w), (sh, sw) = images.shape[-2:], (math.floor(size[0] / crop_pct), math.floor(size[1] / crop_pct))
+    if crop_mode == "squash":
+        target = (sh, sw)
+    elif crop_mode == "center" and sh == sw:  # torchvision's Resize(int), its rounding
+        target = (int(sh * h / w), sh) if w <= h else (sh, int(sh * w / h))
+    else:  # timm's ResizeKeepRatio, its rounding
+        ratio = (max if crop_mode == "border" else min)(h / sh, w / sw)
+        target = (round(h / ratio), round(w / ratio))
+        interpolation = interpolation if crop_mode == "border" else "bilinear"
+    return center_crop(resize(images, target, interpolation), size, fill if crop_mode == "border" else 0.0)

@@ -228,7 +228,7 @@ def _timm_model_with_config(model: nn.Module, spec: str, in_chans: int) -> Image
     mean, std = list(cfg["mean"]), list(cfg["std"])
     if len(mean) != in_chans:
         mean, std = [sum(mean) / len(mean)] * in_chans, [sum(std) / len(std)] * in_chans
-    extra = {k: cfg[k] for k in ("interpolation", "crop_pct") if k in cfg}
+    extra = {k: cfg[k] for k in ("interpolation", "crop_pct", "crop_mode") if k in cfg}
     return ImageClassifier(model, (in_chans, *cfg["input_size"][1:]), mean, std,
                            getattr(model, "num_classes", None), name=spec, data_config=extra).eval()
 
@@ -267,7 +267,7 @@ def _embedded_classifier(name: str) -> ImageClassifier:
         model = timm.create_model(arch, pretrained=False, **model_args)
     model.load_state_dict(load_state_dict(entry["path"] / "model.safetensors"))
     pc = cfg["pretrained_cfg"]
-    extra = {k: pc[k] for k in ("interpolation", "crop_pct", "label_names") if k in pc}
+    extra = {k: pc[k] for k in ("interpolation", "crop_pct", "crop_mode", "label_names") if k in pc}
     return ImageClassifier(model, pc["input_size"], pc["mean"], pc["std"], pc.get("num_classes"),
                            name=f"sdo-adv:{name}", data_config=extra).eval()
 
@@ -290,8 +290,11 @@ def _robustbench_classifier(rest: str, model_dir: str | Path) -> ImageClassifier
                                 "(download it with network access or pass model_dir)")
     model = rb.load_model(model_name=name, model_dir=str(model_dir), dataset=dataset, threat_model=threat)
     n = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}[dataset]
+    # the zoo's ImageNet preprocessing as timm's eval transform (Resize(256), CenterCrop(224)); others squash
+    resized = {"Res256Crop224": "bilinear", "BicubicRes256Crop224": "bicubic"}.get(zoo[name].get("preprocessing"))
+    config = {"crop_pct": 224 / 256, "interpolation": resized} if resized else None
     return ImageClassifier(model, ROBUSTBENCH_INPUT[dataset], (0.0,), (1.0,), n,
-                           name=f"robustbench:{rest}").eval()
+                           name=f"robustbench:{rest}", data_config=config).eval()
 
 
 def _compat_robustbench():

@@ -34,7 +34,7 @@ def test_every_model_is_listed():
     kinds = {name: e["kind"] for name, e in embedded_models().items()}
     assert kinds.get("digits") == "generator"
     assert {k for k, v in kinds.items() if v == "classifier"} == set(CLASSIFIER_BARS) | {
-        "digits-mlp", "digits-lenet", "digits-cnn-aug", "digits-judge"}  # bars of these: test_victims.py
+        "digits-mlp", "digits-lenet", "digits-cnn-aug", "digits-judge", "digits-guard"}  # bars of these: test_victims.py
 
 
 def test_generator_loads_with_plain_diffusers_and_by_spec():

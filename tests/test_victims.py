@@ -1,4 +1,5 @@
-"""The extra embedded digit victims and the judge: loading, accuracy, the torch RBF-SVM, checksums."""
+"""The extra embedded digit victims, the judge and the guard: loading, accuracy, the guard's
+robustness, the torch RBF-SVM, checksums."""
 import ast
 import hashlib
 import json
@@ -16,9 +17,10 @@ from sdo_adv.loading import MODELS_DIR
 
 # Accuracy bars on the 200 shipped held-out digits, a few points under the recorded
 # accuracy on all 1000 held-out digits (config.json "metrics").
-BARS = {"digits-mlp": 0.94, "digits-lenet": 0.96, "digits-cnn-aug": 0.96, "digits-judge": 0.93}
+BARS = {"digits-mlp": 0.94, "digits-lenet": 0.96, "digits-cnn-aug": 0.96, "digits-judge": 0.93,
+        "digits-guard": 0.94}
 ARCHITECTURES = {"digits-mlp": "sdo-adv/mlp", "digits-lenet": "sdo-adv/lenet", "digits-cnn-aug": "sdo-adv/cnn",
-                 "digits-judge": "sdo-adv/rbf_svm"}
+                 "digits-judge": "sdo-adv/rbf_svm", "digits-guard": "sdo-adv/lenet"}
 
 
 def config(name: str) -> dict:
@@ -60,6 +62,23 @@ def test_loads_and_meets_its_bar(name, digits):
     recorded = config(name)["metrics"].get("shipped_200_accuracy")
     if recorded is not None:
         assert abs(accuracy - recorded) <= 0.01, f"{name}: {accuracy:.3f}, recorded {recorded:.3f}"
+
+
+def test_guard_is_adversarially_robust(digits):
+    """The guard keeps its reading under PGD at eps 0.3 where an ordinary CNN does not (its
+    gradients are what steer SDOAttack towards the true class)."""
+    import torchattacks
+
+    images, labels = digits[0][:64], digits[1][:64]
+    robust = {}
+    for name in ("digits-guard", "digits-lenet"):
+        model = load_classifier(f"sdo-adv:{name}")
+        torch.manual_seed(0)
+        adv = torchattacks.PGD(model, eps=0.3, alpha=0.05, steps=10, random_start=True)(images, labels)
+        with torch.no_grad():
+            robust[name] = (model(adv).argmax(1) == labels).float().mean().item()
+    assert robust["digits-guard"] >= 0.75 and robust["digits-lenet"] <= 0.2, robust
+    assert config("digits-guard")["metrics"]["pgd40_robust_accuracy"] >= 0.8
 
 
 def test_lenet_resizes_to_28():
