@@ -8,25 +8,30 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from .common import click_error
+from .common import OptionalNumber, click_error
 
 REQUIRED = ("classifier", "generator", "input", "out")
 CLI_ONLY = ("config",)
 
 
 def _read_config(path: str) -> dict[str, Any]:
-    """A YAML (``.yaml``/``.yml``) or TOML (``.toml``) file of option values."""
+    """A YAML (``.yaml``/``.yml``), TOML (``.toml``) or JSON (``.json``) file of option values."""
     text = Path(path).read_text(encoding="utf-8")
+    suffix = Path(path).suffix.lower()
     try:
-        if Path(path).suffix.lower() == ".toml":
+        if suffix == ".toml":
             import tomllib
 
             data = tomllib.loads(text)
+        elif suffix == ".json":
+            import json
+
+            data = json.loads(text)
         else:
             import yaml
 
             data = yaml.safe_load(text) or {}
-    except Exception as err:  # tomllib.TOMLDecodeError, yaml.YAMLError
+    except Exception as err:  # tomllib.TOMLDecodeError, json.JSONDecodeError, yaml.YAMLError
         raise click.BadParameter(f"cannot parse {path}: {err}", param_hint="'--config'") from err
     if not isinstance(data, dict):
         raise click.BadParameter(f"{path} must hold a mapping of option names to values", param_hint="'--config'")
@@ -50,7 +55,10 @@ def resolve_options(ctx: click.Context, values: dict[str, Any]) -> dict[str, Any
             explicit = ctx.get_parameter_source(param.name) in (ParameterSource.COMMANDLINE,
                                                                 ParameterSource.ENVIRONMENT)
             if not explicit:
-                values[param.name] = param.type_cast_value(ctx, data[key])
+                value = data[key]
+                if isinstance(value, list):  # judges, as run.json records them
+                    value = ",".join(str(v) for v in value)
+                values[param.name] = param.type_cast_value(ctx, value)
     missing = [f"--{name}" for name in REQUIRED if values[name] is None]
     if missing:
         raise click.UsageError(f"missing option(s) {', '.join(missing)} "
@@ -70,7 +78,8 @@ def resolve_options(ctx: click.Context, values: dict[str, Any]) -> dict[str, Any
               help="ImageFolder tree, flat folder (with --labels) or .npz with images and labels.  [required]")
 @click.option("--out", type=click.Path(file_okay=False),
               help="Output folder; re-running with the same folder resumes.  [required]")
-@click.option("--labels", type=click.Path(exists=True, dir_okay=False), help="CSV with columns file,label.")
+@click.option("--labels", type=click.Path(exists=True, dir_okay=False),
+              help="CSV with columns file,label and optionally prompt (each image's own prompt).")
 @click.option("--targeted", help="random, least-likely, next (label + 1), or a CSV with columns file,target.")
 @click.option("--estimator", "--gradient", "estimator", default="sdo", show_default=True,
               help="Gradient estimator: sdo, sdo:last, sdo:random, sdo:<i>, skip, truncated:K, checkpoint, full.")
@@ -81,10 +90,44 @@ def resolve_options(ctx: click.Context, values: dict[str, Any]) -> dict[str, Any
               help="Inversion depth, a fraction of the sampling schedule.")
 @click.option("--fidelity", default=200.0, show_default=True, type=click.FloatRange(0),
               help="Weight of the mean squared pixel error to the original in the loss.")
-@click.option("--fidelity-halflife", default="10", show_default=True,
+@click.option("--fidelity-halflife", default="10", show_default=True, type=OptionalNumber(),
               help="Iterations over which the fidelity weight halves; 'none' keeps it constant.")
+@click.option("--loss", default="cw", show_default=True, type=click.Choice(["cw", "ce"]),
+              help="Attack loss: cw margin or cross-entropy.")
+@click.option("--kappa", default=0.0, show_default=True, type=float, help="Confidence margin of the cw loss.")
+@click.option("--latent-bound", default="1.0", show_default=True, type=OptionalNumber(),
+              help="L-inf bound on the change of the start latent (and conditioning); 'none': unbounded.")
+@click.option("--optimize", default="latent", show_default=True, type=click.Choice(["latent", "cond", "both"]),
+              help="Optimize the start latent, the conditioning embedding, or both.")
+@click.option("--early-stop/--no-early-stop", default=True, show_default=True,
+              help="Stop a sample at its first success; otherwise run every step and keep the smallest L2.")
+@click.option("--sampler", default="sequential", show_default=True, type=click.Choice(["sequential", "picard"]),
+              help="picard: refine the previous iteration's trajectory with batched sweeps (ddim only).")
+@click.option("--sweeps", default=1, show_default=True, type=click.IntRange(1), help="Picard sweeps per iteration.")
+@click.option("--tol", default="none", show_default=True, type=OptionalNumber(),
+              help="Picard: stop the sweeps once the largest relative update falls below it.")
+@click.option("--hold", default="output", show_default=True, type=click.Choice(["output", "clean"]),
+              help="Picard: what a sweep holds fixed, the network output or the clean-image prediction.")
+@click.option("--guard", default="auto", show_default=True,
+              help="Classifier spec that must keep reading the true class (it joins the loss and gates success); "
+                   "'none', or 'auto': the generator's recommended guard, if it names one.")
+@click.option("--guard-weight", default=1.0, show_default=True, type=click.FloatRange(0),
+              help="Weight of the guard's hinge in the loss.")
+@click.option("--guard-kappa", default=0.0, show_default=True, type=float,
+              help="The guard's margin (true-class logit over the largest other) that its hinge asks for and "
+                   "success requires.")
 @click.option("--num-inference-steps", type=click.IntRange(1), help="Sampling steps  [default: the generator's].")
 @click.option("--guidance-scale", type=float, help="Classifier-free guidance  [default: the generator's].")
+@click.option("--solver", type=click.Choice(["ddim", "dpm++"]), help="Sampling scheduler  [default: the generator's].")
+@click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "float16", "bfloat16"]),
+              help="The generator's weights; the latent, the optimizer state and the loss stay float32.")
+@click.option("--class-names",
+              help="Class names for the prompts of text-to-image generators: imagenet, cifar10, cifar100, an "
+                   "ImageNet subset (imagenet-22k) or a file of one name per line  [default: the classifier's, "
+                   "else the generator's].")
+@click.option("--prompt-template", help="Prompt of a class, {} standing for its name  [default: the generator's, "
+                                        "else 'a photo of a {}'].")
+@click.option("--negative-prompt", help="Prompt of the unconditional branch of classifier-free guidance.")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
 @click.option("--seed", default=0, show_default=True, type=int, help="Per-image seeds derive from it and the image.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="[default: cuda when available]")
@@ -94,7 +137,8 @@ def resolve_options(ctx: click.Context, values: dict[str, Any]) -> dict[str, Any
               help="Comma-separated classifier specs that judge the adversarial images: never attacked, never in "
                    "the loss; summary.json reports the share of successes they all still read as the true class.")
 @click.option("--config", type=click.Path(exists=True, dir_okay=False),
-              help="YAML or TOML file of option values (keys as the option names); command-line options win.")
+              help="YAML, TOML or JSON file of option values (keys as the option or AttackRunConfig field names); "
+                   "command-line options win.")
 @click.pass_context
 def attack(ctx: click.Context, **values: Any) -> None:
     """Attack a dataset with SDOAttack: adversarial PNGs, manifest.jsonl, summary.json, report.md,
@@ -108,7 +152,6 @@ def attack(ctx: click.Context, **values: Any) -> None:
     try:
         fields = {k: v for k, v in options.items() if k not in CLI_ONLY}
         fields["judges"] = tuple(s.strip() for s in (fields["judges"] or "").split(",") if s.strip())
-        fields["fidelity_halflife"] = _optional_float(fields["fidelity_halflife"], "--fidelity-halflife")
         config = AttackRunConfig(**fields)
         run = AttackRun(config, notice=lambda message: click.echo(message, err=True))
     except RunError as err:
@@ -124,16 +167,6 @@ def attack(ctx: click.Context, **values: Any) -> None:
     if s is not None:
         click.echo(summary_line(s))
         click.echo(f"wrote {run.out}: manifest.jsonl, summary.json, report.md, grid.png, run.json and the PNGs")
-
-
-def _optional_float(value: str | float | None, flag: str) -> float | None:
-    """A number, or None for ``none``."""
-    if value is None or str(value).strip().lower() == "none":
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is neither a number nor 'none'", param_hint=f"'{flag}'") from None
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -12,6 +12,21 @@ FIXES = {
 }
 
 
+class OptionalNumber(click.ParamType):
+    """A number, or ``none`` (any case) for None."""
+
+    name = "number|none"
+
+    def convert(self, value: object, param: click.Parameter | None,
+                ctx: click.Context | None) -> float | None:
+        if value is None or str(value).strip().lower() == "none":
+            return None
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is neither a number nor 'none'", param, ctx)
+
+
 def click_error(err: ValueError, flags: Mapping[str, str] | None = None, **context: str) -> click.ClickException:
     """A click error for a :class:`sdo_adv.runs.RunError`: the option at fault is the flag
     ``flags`` gives for its parameter (else ``--<parameter>``); its remedy in command-line

@@ -9,11 +9,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch import nn
-
-from sdo_adv import ImageClassifier, load_classifier
-
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def save_tiny_stable_diffusion(folder: Path) -> Path:
@@ -50,13 +45,15 @@ def save_tiny_stable_diffusion(folder: Path) -> Path:
     return folder
 
 
-def tiny_imagenet_classifier() -> ImageClassifier:
-    """A random-weight CNN with 1000 outputs that takes [0, 1] images of any size (resized to
-    32x32, ImageNet-normalized), as :func:`sdo_adv.load_classifier` builds for any ``nn.Module``."""
+def tiny_timm_checkpoint(path: Path) -> Path:
+    """Random weights of timm's ``test_efficientnet`` (a 1000-class head), seeded, saved as
+    safetensors: the spec ``timm:test_efficientnet@<path>`` reads them."""
+    import timm
+    from safetensors.torch import save_file
+
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.SiLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
-                        nn.Linear(8 * 4 * 4, 1000))
-    return load_classifier(net, input_size=(3, 32, 32), mean=IMAGENET_MEAN, std=IMAGENET_STD, num_classes=1000)
+    save_file(timm.create_model("test_efficientnet").state_dict(), str(path))
+    return path
 
 
 def write_random_images(folder: Path, class_folders: Iterable[str], size: int = 24) -> Path:

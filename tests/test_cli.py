@@ -34,7 +34,7 @@ def create_model():
 def create_other():
     return _build(1)
 '''
-MANIFEST_FIELDS = {"source", "file", "label", "target", "pred_before", "pred_after", "success", "judge_preds",
+MANIFEST_FIELDS = {"source", "file", "label", "prompt", "target", "pred_before", "pred_after", "success", "judge_preds",
                    "natural", "l2", "linf",
                    "ssim", "psnr", "iterations", "reconstruction_error", "seconds", "failure"}
 

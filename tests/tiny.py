@@ -173,3 +173,17 @@ class NoSampling:
     @staticmethod
     def _fail(*_):
         raise AssertionError("the generator ran before the input was validated")
+
+
+def save_tiny_stable_diffusion(folder: Path) -> Path:
+    """A :class:`diffusers.StableDiffusionPipeline` of the tiny latent, text and UNet models
+    (16x16 RGB images), seeded and saved with ``save_pretrained``, without ``sdo_adv.json``: like
+    a hub Stable Diffusion, it stores no class names."""
+    from diffusers import StableDiffusionPipeline
+
+    torch.manual_seed(0)
+    tok, enc = tiny_text_encoder(folder.parent / f"{folder.name}_tokenizer")
+    StableDiffusionPipeline(vae=tiny_vae(), text_encoder=enc, tokenizer=tok, unet=tiny_cond_unet(),
+                            scheduler=ddpm_scheduler(steps_offset=1), safety_checker=None, feature_extractor=None,
+                            requires_safety_checker=False).save_pretrained(folder)
+    return folder

@@ -26,15 +26,19 @@ from ..generator import DiffusionGenerator
 from ..judging import attack_success, judge_predictions, natural_success
 from ..loading import (UnsafeCheckpointError, check_classifier_spec, generator_settings, load_classifier,
                        load_generator)
-from .config import AttackRunConfig
+from .config import ATTACK_FIELDS, AttackRunConfig
 from .dataset import Item, read_csv, read_dataset
 from .errors import RunError
 from .io import clear_stale, inside, read_image, save_png, to_tensor, write_text
 from .manifest import MANIFEST, Manifest, finished_rows, part_path, run_lock
+from .prompts import label_classes, run_prompts, use_negative_prompt
 from .report import REPORT, RUN, RunOutputs, versions
 
 T = TypeVar("T")
 DEFAULT_SAMPLING_STEPS = 50  # DiffusionGenerator's, for generators that store none
+# Settings a run may leave to the generator (their value when left): a resume takes the recorded ones.
+LEFT_TO_GENERATOR = {"num_inference_steps": None, "guidance_scale": None, "solver": None, "prompt_template": None,
+                     "guard": "auto"}
 
 
 class AttackRun:
@@ -53,9 +57,12 @@ class AttackRun:
         self.process = process or current_process(device)
         self.notices: list[str] = []
         self._notice = notice
-        self.dataset = read_dataset(config.input, config.labels)
-        csv_targets = read_csv(Path(config.targets_csv), "target") if config.targets_csv else None
-        self._check_specs(config)
+        classes = label_classes(config.classifier, config.class_names)
+        self.dataset = read_dataset(config.input, config.labels, classes.synsets if classes else None)
+        csv_targets = read_csv(Path(config.targets_csv), "target")[0] if config.targets_csv else None
+        stored, guard = self._check_specs(config)
+        self.prompts = run_prompts(config.generator, classes, self.dataset, stored, config.prompt_template,
+                                   config.negative_prompt, config.guidance_scale)
         self.random_estimator = parse_estimator(config.estimator).arg == "random"
         if self.random_estimator and config.batch_size > 1:
             self._say("sdo:random draws one step per iteration for a whole batch: attacking one image at a "
@@ -65,22 +72,27 @@ class AttackRun:
         self._check_resume(config)
 
         self.device = torch.device(self.process.device if device == "cuda" else device)
-        self.classifier = _load(lambda: load_classifier(config.classifier, pretrained=True,
-                                                        trust_pickle=config.trust_pickle),
-                                "classifier").to(self.device).eval()
-        self.judges = {spec: _load(lambda: load_classifier(spec, pretrained=True, trust_pickle=config.trust_pickle),
-                                   "judges").to(self.device).eval() for spec in config.judges}
-        overrides = {k: getattr(config, k) for k in ("num_inference_steps", "guidance_scale")
+        self.classifier = self._classifier(config.classifier, "classifier", config.trust_pickle)
+        guard_model = None if guard == "none" else self._classifier(guard, "guard", config.trust_pickle)
+        self.judges = {spec: self._classifier(spec, "judges", config.trust_pickle) for spec in config.judges}
+        overrides = {k: getattr(config, k) for k in ("num_inference_steps", "guidance_scale", "solver")
                      if getattr(config, k) is not None}
-        generator = _load(lambda: load_generator(config.generator, **overrides), "generator").to(self.device)
+        generator = _load(lambda: load_generator(config.generator, torch_dtype=getattr(torch, config.dtype),
+                                                 **overrides), "generator").to(self.device)
+        if config.negative_prompt is not None:
+            use_negative_prompt(generator, config.negative_prompt)
         # recorded with the values in use, so that a resume checks them
         self.config = replace(config, num_inference_steps=generator.num_inference_steps,
-                              guidance_scale=generator.guidance_scale)
+                              guidance_scale=generator.guidance_scale, guard=guard,
+                              solver=config.solver or stored.get("solver", "ddim"),
+                              prompt_template=self.prompts.template if self.prompts else config.prompt_template)
         self.num_classes: int | None = self.classifier.num_classes
         self.targets = self._check_classes(csv_targets, generator)
-        self.attack = SDOAttack(self.classifier, generator, steps=config.steps, lr=config.lr,
-                                estimator=config.estimator, depth=config.depth, fidelity=config.fidelity,
-                                fidelity_halflife=config.fidelity_halflife)
+        try:
+            self.attack = SDOAttack(self.classifier, generator, **{k: getattr(config, k) for k in ATTACK_FIELDS},
+                                    guard=guard_model)
+        except ValueError as err:
+            raise RunError(str(err)) from err
         if config.targeted == "least-likely":
             self.attack.set_mode_targeted_least_likely(quiet=True)
         elif config.targeted == "next":
@@ -98,33 +110,48 @@ class AttackRun:
 
     # ---- checks before any model loads ----------------------------------------------------------
     @staticmethod
-    def _check_specs(config: AttackRunConfig) -> None:
-        """The model specs and the estimator against the generator's schedule, from the stored
-        settings alone (no weights are read)."""
-        _load(lambda: check_classifier_spec(config.classifier), "classifier")
-        for judge in config.judges:
-            _load(lambda: check_classifier_spec(judge), "judges")
+    def _check_specs(config: AttackRunConfig) -> tuple[dict[str, Any], str]:
+        """The model specs, the estimator against the generator's schedule and the sampler
+        against its solver, from the stored settings alone (no weights are read); return
+        the generator's stored settings and the guard's spec (``none`` for no guard)."""
         stored = _load(lambda: generator_settings(config.generator), "generator")
+        guard = (stored.get("guard") or "none") if config.guard == "auto" else config.guard
+        if guard in (config.classifier, *config.judges):
+            raise RunError(f"the generator's recommended guard {guard} is the attacked classifier or a judge: "
+                           "name another guard, or none", "guard")
+        specs = [(config.classifier, "classifier"), (guard, "guard"), *[(j, "judges") for j in config.judges]]
+        for spec, field in specs:
+            if spec != "none":
+                _load(lambda: check_classifier_spec(spec), field)
+        solver = config.solver or stored.get("solver", "ddim")
+        if config.sampler == "picard" and solver not in ("ddim", None):  # None: the stored scheduler's own
+            raise RunError(f"the picard sampler needs the ddim solver, not {solver}", "sampler")
         n = config.num_inference_steps or stored.get("num_inference_steps", DEFAULT_SAMPLING_STEPS)
         sampled = max(1, round(config.depth * n))
         try:
             parse_estimator(config.estimator).check(sampled)
         except ValueError as err:
             raise RunError(f"{err} (depth {config.depth} of {n} sampling steps)", "estimator") from err
+        return stored, guard
 
     def _check_resume(self, config: AttackRunConfig) -> None:
         run_file = self.out / RUN
         if not run_file.exists():
             return
         recorded = json.loads(run_file.read_text())["config"]
-        # left to the generator (None): whatever the run recorded is what it will use
-        free = [k for k in ("num_inference_steps", "guidance_scale") if getattr(config, k) is None]
+        # left to the generator: whatever the run recorded is what it will use
+        free = [k for k, left in LEFT_TO_GENERATOR.items() if getattr(config, k) == left]
         changed = [c for c in config.changes_from(recorded) if c.split(":")[0] not in free]
         if changed:
             raise RunError(f"{self.out} holds a run with other settings ({'; '.join(changed)}); "
                            "resume with the same settings or use another output folder", "out")
 
     # ---- checks once the models are loaded, before any compute ----------------------------------
+    def _classifier(self, spec: str, field: str, trust_pickle: bool) -> torch.nn.Module:
+        """A classifier, loaded as :func:`_load` says, on the run's device in eval mode."""
+        return _load(lambda: load_classifier(spec, pretrained=True, trust_pickle=trust_pickle),
+                     field).to(self.device).eval()
+
     def _check_classes(self, csv_targets: dict[str, int] | None,
                        generator: DiffusionGenerator) -> dict[str, int] | None:
         """Labels (and CSV targets) against the classifier's and generator's classes; the CSV
@@ -137,6 +164,10 @@ class AttackRun:
             if n_gen is not None and item.label >= n_gen:
                 raise RunError(f"label {item.label} of {item.source} is outside the generator's {n_gen} classes",
                                "generator")
+        classes = self.prompts.classes if self.prompts is not None else None
+        if classes is not None and n is not None and len(classes.names) != n:
+            raise RunError(f"{classes.source} name {len(classes.names)} classes but the classifier has {n}",
+                           "class_names")
         if self.config.targeted is not None and n is None:
             raise RunError("targeted attacks need the classifier's number of classes", "targeted")
         if csv_targets is None:
@@ -230,6 +261,8 @@ class AttackRun:
         start = time.perf_counter()
         images = self.dataset.load(batch, fit=self.attack.generator.fit)
         labels = torch.tensor([it.label for it in batch])
+        prompts = self.prompts(batch) if self.prompts is not None else None
+        self.attack.prompts = prompts
         seeds = [item_seed(self.config.seed, it.source) for it in batch]
         self._pin_targets(batch, seeds)
         if self.random_estimator:
@@ -250,7 +283,7 @@ class AttackRun:
         natural = natural_success(success, labels, judged)
         measured = metrics.measure(saved, images)
         seconds = (time.perf_counter() - start) / len(batch)
-        return [{"source": it.source, "file": it.name, "label": it.label,
+        return [{"source": it.source, "file": it.name, "label": it.label, "prompt": prompts[i] if prompts else None,
                  "target": None if target is None else int(target[i]),
                  "pred_before": int(result.clean_pred[i]), "pred_after": int(pred[i]),
                  "success": bool(success[i]), "judge_preds": {k: int(v[i]) for k, v in judged.items()},

@@ -2,19 +2,31 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from ..attacks.sdo import OPTIMIZE, SAMPLERS
+from ..class_names import NAMED_SETS
 from ..estimators import parse_estimator
+from ..generator import SOLVERS
+from ..losses import LOSSES
+from ..picard import HOLDS
 from .errors import RunError
 
 TARGET_MODES = ("random", "least-likely", "next")
 DEVICES = ("cpu", "cuda")
+DTYPES = ("float32", "float16", "bfloat16")
 # Settings that may differ when a run is resumed: they change no item's result.
 RESUME_FREE = ("batch_size", "device", "trust_pickle")
 # Keys of run.json written by earlier versions, and their fields now.
 LEGACY_KEYS = {"gradient": "estimator"}
+# The fields that are SDOAttack's arguments of the same name.
+ATTACK_FIELDS = ("steps", "lr", "estimator", "depth", "loss", "kappa", "fidelity", "fidelity_halflife", "latent_bound",
+                 "optimize", "early_stop", "sampler", "sweeps", "tol", "hold", "guard_weight", "guard_kappa")
+# Fields absent from the run.json of earlier versions whose values then were not today's defaults.
+EARLIER = {"judges": [], "fidelity": 50.0, "fidelity_halflife": None,  # before 0.2
+           "guard": "none"}  # before the guard, SDOAttack had none
 
 
 @dataclass(frozen=True)
@@ -62,6 +74,46 @@ class AttackRunConfig:
     judges: tuple[str, ...] = ()
     """Classifier specs that read every adversarial image and are never attacked nor in the
     loss; the share of successes they all still read as the true class is the judge agreement."""
+    loss: str = "cw"
+    """Attack loss: ``cw`` margin or ``ce``."""
+    kappa: float = 0.0
+    """Confidence margin of the ``cw`` loss."""
+    latent_bound: float | None = 1.0
+    """L-inf bound on the change of the start latent (and conditioning); None: unbounded."""
+    optimize: str = "latent"
+    """What is optimized: ``latent``, ``cond`` (the conditioning embedding) or ``both``."""
+    early_stop: bool = True
+    """Stop a sample at its first success; else run every step and keep the smallest L2."""
+    sampler: str = "sequential"
+    """``sequential`` or ``picard`` (DDIM only)."""
+    sweeps: int = 1
+    """Picard sweeps per iteration."""
+    tol: float | None = None
+    """Picard: stop the sweeps once the largest relative update falls below it."""
+    hold: str = "output"
+    """Picard: what a sweep holds fixed, ``output`` or ``clean``."""
+    guard: str = "auto"
+    """A classifier spec that must keep reading the true class (it joins the loss and gates
+    success), ``none``, or ``auto``: the generator's recommended guard, if it names one."""
+    guard_weight: float = 1.0
+    """Weight of the guard's hinge in the loss."""
+    guard_kappa: float = 0.0
+    """The guard's margin (true-class logit over the largest other) that its hinge asks for and
+    success requires."""
+    solver: str | None = None
+    """Sampling scheduler: ``ddim`` or ``dpm++``; None keeps the generator's stored value."""
+    dtype: str = "float32"
+    """The generator's weights: ``float32``, ``float16`` or ``bfloat16`` (the latent, the
+    optimizer state and the loss stay float32)."""
+    class_names: str | None = None
+    """Class names for prompts: ``imagenet``, ``cifar10``, ``cifar100``, an ImageNet subset
+    (``imagenet-22k``) or a file of one name per line; None: the classifier's, else the
+    generator's stored ones."""
+    prompt_template: str | None = None
+    """Prompt of a class, ``{}`` standing for its name; None: the generator's stored one, else
+    ``a photo of a {}``."""
+    negative_prompt: str | None = None
+    """Prompt of the unconditional branch of classifier-free guidance (guidance_scale != 1)."""
 
     def __post_init__(self) -> None:
         for name in ("classifier", "generator", "input", "out"):
@@ -90,8 +142,9 @@ class AttackRunConfig:
                 raise RunError(f"fidelity_halflife must be > 0, got {self.fidelity_halflife}", "fidelity_halflife")
         if self.device not in (None, *DEVICES):
             raise RunError(f"device must be one of {', '.join(DEVICES)} or None, got {self.device!r}", "device")
-        if not isinstance(self.trust_pickle, bool):
-            raise RunError(f"trust_pickle must be a bool, got {self.trust_pickle!r}", "trust_pickle")
+        for name in ("trust_pickle", "early_stop"):
+            if not isinstance(getattr(self, name), bool):
+                raise RunError(f"{name} must be a bool, got {getattr(self, name)!r}", name)
         if not isinstance(self.judges, (list, tuple)) or not all(isinstance(j, str) and j.strip() for j in self.judges):
             raise RunError(f"judges must be a sequence of classifier specs, got {self.judges!r}", "judges")
         object.__setattr__(self, "judges", tuple(j.strip() for j in self.judges))
@@ -101,6 +154,8 @@ class AttackRunConfig:
             parse_estimator(self.estimator)
         except (ValueError, TypeError) as err:
             raise RunError(str(err), "estimator") from err
+        self._check_attack_settings()
+        self._check_generator_settings()
         if not Path(self.input).exists():
             raise RunError(f"input {self.input} does not exist", "input")
         if self.labels is not None and not Path(self.labels).is_file():
@@ -109,15 +164,60 @@ class AttackRunConfig:
             raise RunError(f"targeted {self.targeted!r} is neither {', '.join(TARGET_MODES)} nor an existing CSV "
                            "file with columns file,target", "targeted")
 
+    def _check_attack_settings(self) -> None:
+        for name, accepted in (("loss", LOSSES), ("optimize", OPTIMIZE), ("sampler", SAMPLERS), ("hold", HOLDS)):
+            _choice(self, name, accepted)
+        for name in ("kappa", "guard_weight", "guard_kappa"):
+            _number(self, name)
+        _integer(self, "sweeps", 1)
+        for name in ("latent_bound", "tol"):
+            if getattr(self, name) is not None:
+                _number(self, name)
+                if getattr(self, name) <= 0:
+                    raise RunError(f"{name} must be > 0 or None, got {getattr(self, name)}", name)
+        if self.guard_weight < 0:
+            raise RunError(f"guard_weight must be >= 0, got {self.guard_weight}", "guard_weight")
+        if not isinstance(self.guard, str) or not self.guard.strip():
+            raise RunError(f"guard must be a classifier spec, 'auto' or 'none', got {self.guard!r}", "guard")
+        if self.guard == self.classifier:
+            raise RunError(f"the attacked classifier {self.classifier} cannot guard its own attack", "guard")
+        if self.guard in self.judges:
+            raise RunError(f"{self.guard} cannot both guard (in the loss) and judge (never in the loss)", "guard")
+        if self.optimize != "latent" and not parse_estimator(self.estimator).reaches_condition:
+            raise RunError(f"estimator {self.estimator!r} gives the conditioning no gradient: optimize "
+                           f"{self.optimize!r} needs another estimator", "optimize")
+
+    def _check_generator_settings(self) -> None:
+        if self.solver is not None:
+            _choice(self, "solver", SOLVERS)
+        _choice(self, "dtype", DTYPES)
+        for name in ("class_names", "prompt_template", "negative_prompt"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise RunError(f"{name} must be a string, got {value!r}", name)
+        if self.class_names is not None and not self.class_names.strip():
+            raise RunError("class_names must name a set or a file, got an empty string", "class_names")
+        if self.prompt_template is not None:
+            try:
+                ok = "{}" in self.prompt_template and self.prompt_template.format("x") is not None
+            except (IndexError, KeyError, ValueError):
+                ok = False
+            if not ok:
+                raise RunError(f"prompt_template must hold one {{}} for the class name (and no other braces), "
+                               f"got {self.prompt_template!r}", "prompt_template")
+
     @property
     def targets_csv(self) -> str | None:
         """The targets CSV, when ``targeted`` names one."""
         return self.targeted if self.targeted is not None and self.targeted not in TARGET_MODES else None
 
     def resolved(self) -> AttackRunConfig:
-        """A copy with the input, output, labels and targets-CSV paths made absolute."""
+        """A copy with the input, output, labels, targets-CSV and class-names paths made absolute."""
         absolute = {k: str(Path(getattr(self, k)).resolve()) for k in ("input", "out", "labels")
                     if getattr(self, k) is not None}
+        if self.class_names is not None and self.class_names.lower() not in NAMED_SETS \
+                and Path(self.class_names).is_file():
+            absolute["class_names"] = str(Path(self.class_names).resolve())
         if self.targets_csv is not None:
             absolute["targeted"] = str(Path(self.targets_csv).resolve())
         return replace(self, **absolute)
@@ -131,10 +231,9 @@ class AttackRunConfig:
     def recorded(cls, data: dict[str, Any]) -> dict[str, Any]:
         """The settings recorded in a run.json (of this or an earlier version), by field name,
         without checking them (the files they name may be gone)."""
-        names = {f.name for f in fields(cls)}
-        renamed = {"judges": [], "fidelity": 50.0, "fidelity_halflife": None,  # absent before 0.2: their values then
-                   **{LEGACY_KEYS.get(k, k): v for k, v in data.items()}}
-        return {k: v for k, v in renamed.items() if k in names}
+        defaults = {f.name: f.default for f in fields(cls) if f.default is not MISSING}
+        renamed = {**defaults, **EARLIER, **{LEGACY_KEYS.get(k, k): v for k, v in data.items()}}
+        return {k: v for k, v in renamed.items() if k in {f.name for f in fields(cls)}}
 
     def changes_from(self, recorded: dict[str, Any]) -> list[str]:
         """``field: old -> new`` for each setting that differs from ``recorded`` and would change
@@ -150,6 +249,11 @@ def _integer(config: AttackRunConfig, name: str, minimum: int | None) -> None:
         raise RunError(f"{name} must be an integer, got {value!r}", name)
     if minimum is not None and value < minimum:
         raise RunError(f"{name} must be >= {minimum}, got {value}", name)
+
+
+def _choice(config: AttackRunConfig, name: str, accepted: tuple[str, ...]) -> None:
+    if getattr(config, name) not in accepted:
+        raise RunError(f"{name} must be one of {', '.join(accepted)}, got {getattr(config, name)!r}", name)
 
 
 def _number(config: AttackRunConfig, name: str) -> None:

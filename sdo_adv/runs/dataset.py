@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..class_names import synset_labels
 from .errors import RunError
 from .io import IMAGE_EXTENSIONS, read_image, to_tensor
 
@@ -27,13 +28,15 @@ MAX_STEM = 200  # output names stay within file systems' 255-byte limit, with ro
 class Item:
     """One input image. ``source``: its path relative to the input folder, or
     ``<file>.npz#<index>``; ``name``: file name of its adversarial PNG; ``path`` (files) or
-    ``index`` (npz) locates its pixels."""
+    ``index`` (npz) locates its pixels; ``prompt``: its own prompt (the labels CSV's
+    ``prompt`` column), if any."""
 
     source: str
     label: int
     name: str
     path: Path | None = None
     index: int = -1
+    prompt: str | None = None
 
 
 @dataclass
@@ -63,12 +66,14 @@ class Dataset:
         return torch.stack([fit(x[None])[0] if fit is not None else x for x in pixels])
 
 
-def read_dataset(input_path: str | Path, labels: str | Path | None = None) -> Dataset:
-    """List an ImageFolder tree (class index = sorted subfolder order, or the subfolder name
-    when all are integers), a folder with a ``file,label`` CSV, or an ``.npz`` with ``images``
-    and ``labels``. A folder with a CSV takes the CSV's files, in its order. Every file is
-    decoded once here, so that unreadable ones go to ``skipped`` (with the reason) before any
-    attack; bad labels raise :class:`RunError`."""
+def read_dataset(input_path: str | Path, labels: str | Path | None = None,
+                 synsets: Sequence[str] | None = None) -> Dataset:
+    """List an ImageFolder tree (class index = sorted subfolder order; the subfolder name when
+    all are integers; the position in ``synsets``, default ImageNet-1k's, when all are WordNet
+    ids such as ``n01440764``), a folder with a ``file,label[,prompt]`` CSV, or an ``.npz`` with
+    ``images`` and ``labels``. A folder with a CSV takes the CSV's files, in its order. Every
+    file is decoded once here, so that unreadable ones go to ``skipped`` (with the reason)
+    before any attack; bad labels raise :class:`RunError`."""
     root = Path(input_path)
     if root.suffix == ".npz" and root.is_file():
         if labels is not None:
@@ -77,13 +82,15 @@ def read_dataset(input_path: str | Path, labels: str | Path | None = None) -> Da
     if not root.is_dir():
         raise RunError(f"{root} is neither a folder nor an .npz file", "input")
     if labels is not None:
-        return _read_files(root, "csv", list(read_csv(Path(labels), "label").items()))
-    return _read_files(root, "imagefolder", _image_folder(root))
+        rows, prompts = read_csv(Path(labels), "label")
+        return _read_files(root, "csv", [(f, y, prompts.get(f)) for f, y in rows.items()])
+    return _read_files(root, "imagefolder", _image_folder(root, synsets))
 
 
-def read_csv(path: Path, column: str) -> dict[str, int]:
-    """Rows of a CSV with columns ``file,<column>`` -> ``{file: class index}``; errors name
-    the parameter that gave the file (``labels`` for labels, else ``targeted``)."""
+def read_csv(path: Path, column: str) -> tuple[dict[str, int], dict[str, str]]:
+    """Rows of a CSV with columns ``file,<column>`` and an optional ``prompt`` column ->
+    ``{file: class index}`` and ``{file: prompt}`` of the non-empty prompts; errors name the
+    parameter that gave the file (``labels`` for labels, else ``targeted``)."""
     option = "labels" if column == "label" else "targeted"
     if not path.is_file():
         raise RunError(f"{column}s file {path} does not exist", option)
@@ -95,6 +102,7 @@ def read_csv(path: Path, column: str) -> dict[str, int]:
                 raise RunError(f"{path}: expected columns file,{column}, found {','.join(fields) or 'none'}", option)
             reader.fieldnames = fields
             rows: dict[str, int] = {}
+            prompts: dict[str, str] = {}
             for line, row in enumerate(reader, start=2):
                 file, value = (row["file"] or "").strip(), (row[column] or "").strip()
                 if not re.fullmatch(r"\d+", value):
@@ -105,29 +113,36 @@ def read_csv(path: Path, column: str) -> dict[str, int]:
                 if key in rows:
                     raise RunError(f"{path} line {line}: {file!r} is listed twice", option)
                 rows[key] = int(value)
+                if (row.get("prompt") or "").strip():
+                    prompts[key] = row["prompt"].strip()
     except (UnicodeDecodeError, csv.Error) as err:
         raise RunError(f"{path} is not a UTF-8 CSV file: {err}", option) from err
     if not rows:
         raise RunError(f"{path} has no rows", option)
-    return rows
+    return rows, prompts
 
 
-def _image_folder(root: Path) -> list[tuple[str, int]]:
+def _image_folder(root: Path, synsets: Sequence[str] | None) -> list[tuple[str, int, None]]:
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise RunError(f"{root} has no class subfolders; for a flat folder give labels, a CSV with "
                        "columns file,label", "input")
-    numeric = all(c.isdecimal() for c in classes)
-    index = {c: int(c) if numeric else i for i, c in enumerate(classes)}
-    return [(p.relative_to(root).as_posix(), index[c]) for c in sorted(classes, key=index.__getitem__)
+    try:
+        index = synset_labels(classes, synsets)
+    except ValueError as err:
+        raise RunError(f"{root}: {err}", "input") from err
+    if index is None:
+        numeric = all(c.isdecimal() for c in classes)
+        index = {c: int(c) if numeric else i for i, c in enumerate(classes)}
+    return [(p.relative_to(root).as_posix(), index[c], None) for c in sorted(classes, key=index.__getitem__)
             for p in sorted((root / c).rglob("*"))
             if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")]
 
 
-def _read_files(root: Path, kind: str, entries: list[tuple[str, int]]) -> Dataset:
-    names = _png_names([PurePosixPath(src).with_suffix("").as_posix().replace("/", "__") for src, _ in entries])
+def _read_files(root: Path, kind: str, entries: list[tuple[str, int, str | None]]) -> Dataset:
+    names = _png_names([PurePosixPath(src).with_suffix("").as_posix().replace("/", "__") for src, *_ in entries])
     items, skipped, sizes, gray = [], {}, Counter(), 0
-    for (source, label), name in zip(entries, names):
+    for (source, label, prompt), name in zip(entries, names):
         try:
             pixels = read_image(root / source)
         except FileNotFoundError:
@@ -136,7 +151,7 @@ def _read_files(root: Path, kind: str, entries: list[tuple[str, int]]) -> Datase
         except (OSError, SyntaxError, ValueError) as err:  # what PIL raises for corrupt files
             skipped[source] = f"unreadable: {err}"
             continue
-        items.append(Item(source, label, name, path=root / source))
+        items.append(Item(source, label, name, path=root / source, prompt=prompt))
         sizes[pixels.shape[:2]] += 1
         gray += pixels.shape[2] == 1
     if not items:

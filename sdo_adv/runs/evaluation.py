@@ -24,6 +24,7 @@ from .errors import RunError
 from .figures import save_figure
 from .io import read_image, to_tensor, write_text
 from .manifest import MANIFEST, PART_GLOB, Manifest
+from .prompts import recorded_synsets
 from .report import RUN, fmt, mean
 
 THREAT_MODEL = "natural-diffusion"
@@ -68,7 +69,7 @@ def evaluate_run(adv_dir: str | Path, specs: Sequence[str], robustbench_dir: str
     if config["classifier"] in judges:
         raise RunError(f"the attacked classifier {config['classifier']} cannot judge its own attack", "judges")
     models = _load_models(list(dict.fromkeys([*specs, *judges])), robustbench_dir, device, trust_pickle)
-    dataset = read_dataset(config["input"], config["labels"])
+    dataset = read_dataset(config["input"], config["labels"], recorded_synsets(config))
     by_source = {it.source: it for it in dataset.items}
     lost = [r["source"] for r in rows if r["source"] not in by_source]
     if lost:

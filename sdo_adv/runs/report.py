@@ -20,6 +20,7 @@ from .errors import RunError
 from .figures import save_grid
 from .io import read_image, to_tensor, write_text
 from .manifest import finished_rows, merge_manifests, run_lock
+from .prompts import recorded_synsets
 
 REPORT, GRID, RUN, SUMMARY = "report.md", "grid.png", "run.json", "summary.json"
 GRID_ITEMS = 16
@@ -78,7 +79,7 @@ class RunOutputs:
             raise RunError(f"{out} holds no {RUN}: not an sdo-adv attack output folder", "out")
         info = json.loads((out / RUN).read_text())
         settings = AttackRunConfig.recorded(info["config"])
-        return cls(out, read_dataset(settings["input"], settings["labels"]), settings,
+        return cls(out, read_dataset(settings["input"], settings["labels"], recorded_synsets(settings)), settings,
                    tuple(info["dataset"]["image_size"]), info.get("notices", []), finished_rows(out),
                    info["dataset"].get("input_mapping", "resize"))
 
