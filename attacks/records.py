@@ -75,8 +75,59 @@ class AttackResult:
     target: Tensor | None
     reconstruction_error: Tensor
     latent: Tensor
-    start: int
+    start: int | Tensor
     cond_embeds: Tensor | None = None
     failure: list[str | None] = field(default_factory=list)
     history: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
+
+
+@dataclass
+class Search:
+    """Per-sample state of one :class:`SDOAttack` call over all its depths: the image to return
+    (the successful one with the smallest L2, else the last the victim was not fooled by, else
+    the input), the latent, schedule index and conditioning that gave it, the iteration it was
+    found at, and which samples are done (successful) or failed (non-finite)."""
+
+    best: Tensor
+    best_l2: Tensor
+    found_at: Tensor
+    done: Tensor
+    failed: Tensor
+    starts: Tensor
+    failure: list[str | None]
+    best_z: Tensor | None = None
+    best_cond: Tensor | None = None
+    history: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+
+    @classmethod
+    def begin(cls, images: Tensor) -> "Search":
+        n, device = images.shape[0], images.device
+        flags = torch.zeros(n, dtype=torch.bool, device=device)
+        return cls(images.clone(), torch.full((n,), float("inf"), device=device, dtype=images.dtype),
+                   torch.full((n,), -1, dtype=torch.long, device=device), flags, flags.clone(),
+                   torch.zeros(n, dtype=torch.long, device=device), [None] * n)
+
+    def record(self, active: Tensor, images: Tensor, ok: Tensor, fooled: Tensor, l2: Tensor, z: Tensor,
+               embeds: Tensor | None, iteration: int, start: int) -> None:
+        """Take the ``active`` samples' new ``images`` (latents ``z`` at ``start``): a success
+        (``ok``) closer than the best so far, or, for a sample never successful, a finite image
+        that does not fool the victim."""
+        improved = ok & (l2 < self.best_l2[active])
+        fallback = ~self.done[active] & ~fooled & torch.isfinite(images).flatten(1).all(1)
+        take = active[improved | fallback]
+        self.best[take], self.best_z[take] = images[improved | fallback], z[improved | fallback]
+        self.starts[take] = start
+        if self.best_cond is not None:
+            self.best_cond[take] = embeds[improved | fallback]
+        self.best_l2[active[improved]] = l2[improved]
+        self.found_at[active[improved]] = iteration
+        self.done[active[ok]] = True
+
+    def fail(self, index: Tensor, reason: str) -> None:
+        """Stop optimizing the samples at ``index``; record why for those not yet successful."""
+        for i in index.tolist():
+            if not self.done[i]:
+                self.failure[i] = reason
+        self.failed[index] = True

