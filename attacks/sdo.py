@@ -48,7 +48,7 @@ class SDOAttack(Attack):
         depth (float or int or sequence): inversion depth, a fraction of the schedule in (0, 1]
             or a start index; or increasing depths, tried in turn: the samples not yet
             successful after ``steps`` iterations at one depth start again, from their original
-            image, at the next (per-sample adaptive depth). (Default: 0.3)
+            image, at the next (per-sample adaptive depth). (Default: ``(0.3, 0.5)``)
         loss (str): ``"cw"`` margin or ``"ce"``. (Default: ``"cw"``)
         kappa (float): confidence margin of the ``cw`` loss. (Default: 0.0)
         fidelity (float): weight of the mean squared pixel error to the original image
@@ -108,7 +108,8 @@ class SDOAttack(Attack):
     """
 
     def __init__(self, model: torch.nn.Module, generator: DiffusionGenerator | str, steps: int = 50,
-                 lr: float = 0.05, estimator: str | Estimator = "sdo", depth: float | int = 0.3,
+                 lr: float = 0.05, estimator: str | Estimator = "sdo",
+                 depth: float | int | Sequence[float | int] = (0.3, 0.5),
                  loss: str = "cw", kappa: float = 0.0, fidelity: float = 200.0,
                  latent_bound: float | None = 1.0, optimize: str = "latent",
                  early_stop: bool = True, fidelity_halflife: float | None = 10.0,
@@ -135,10 +136,14 @@ class SDOAttack(Attack):
                              "use optimize='latent'")
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
-        self.depths = tuple(depth) if isinstance(depth, (tuple, list)) else (depth,)
-        starts = [self.generator.start_index(d) for d in self.depths]
-        if not self.depths or any(a <= b for a, b in zip(starts, starts[1:])):
+        depths = tuple(depth) if isinstance(depth, (tuple, list)) else (depth,)
+        starts = [self.generator.start_index(d) for d in depths]
+        fractions = [d for d in depths if isinstance(d, float)]
+        if not depths or any(a < b for a, b in zip(starts, starts[1:])) or \
+                any(a >= b for a, b in zip(fractions, fractions[1:])):
             raise ValueError(f"depth must be one depth or a sequence of increasing depths, got {depth!r}")
+        # depths that round to the same start on a short schedule are one depth
+        self.depths = tuple(d for i, d in enumerate(depths) if i == 0 or starts[i] != starts[i - 1])
         for start in starts:
             self.estimator.check(self.generator.num_inference_steps - start)
         self.steps, self.lr, self.depth = int(steps), float(lr), depth
@@ -147,14 +152,12 @@ class SDOAttack(Attack):
         if fidelity_halflife is not None and not fidelity_halflife > 0:
             raise ValueError(f"fidelity_halflife must be > 0 or None, got {fidelity_halflife!r}")
         self.fidelity_halflife = fidelity_halflife
-        self.prompts, self.progress = prompts, bool(progress)
+        self.prompts, self.progress, self.callback = prompts, bool(progress), callback
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; accepted: {', '.join(SAMPLERS)}")
         self.sampler, self.sweeps, self.tol = sampler, int(sweeps), tol
         self._picard = PicardSampler(self.generator, self.sweeps, tol, hold=hold) if sampler == "picard" else None
-        self.callback = callback
-        if guard == "auto":
-            guard = self.generator.guard
+        guard = self.generator.guard if guard == "auto" else guard
         self.guard = load_classifier(guard).to(self.generator.device).eval() if isinstance(guard, str) else guard
         if self.guard is model:
             raise ValueError("the guard is the victim: a guard must be another classifier")

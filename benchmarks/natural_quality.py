@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -60,7 +61,7 @@ def parse_attack(spec: str) -> dict:
     if spec.startswith("pgd:"):
         return {"pgd": float(spec[4:])}
     out = {}
-    for part in spec.split(","):
+    for part in re.split(r",(?![^\[]*\])", spec):  # commas inside [...] belong to a list value
         key, _, value = part.partition("=")
         try:
             out[key.strip()] = json.loads(value)

@@ -8,7 +8,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from .common import OptionalNumber, click_error
+from .common import Depths, OptionalNumber, click_error
 
 REQUIRED = ("classifier", "generator", "input", "out")
 CLI_ONLY = ("config",)
@@ -86,8 +86,9 @@ def resolve_options(ctx: click.Context, values: dict[str, Any]) -> dict[str, Any
 @click.option("--steps", default=50, show_default=True, type=click.IntRange(1), help="Attack iterations.")
 @click.option("--lr", default=0.05, show_default=True, type=click.FloatRange(0, min_open=True),
               help="Adam learning rate on the latent.")
-@click.option("--depth", default=0.3, show_default=True, type=click.FloatRange(0, 1, min_open=True),
-              help="Inversion depth, a fraction of the sampling schedule.")
+@click.option("--depth", default=(0.3, 0.5), show_default="0.3,0.5", type=Depths(),
+              help="Inversion depth, a fraction of the sampling schedule; or increasing depths, comma-separated: "
+                   "images not yet fooled at one depth start again at the next.")
 @click.option("--fidelity", default=200.0, show_default=True, type=click.FloatRange(0),
               help="Weight of the mean squared pixel error to the original in the loss.")
 @click.option("--fidelity-halflife", default="10", show_default=True, type=OptionalNumber(),

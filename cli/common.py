@@ -27,6 +27,23 @@ class OptionalNumber(click.ParamType):
             self.fail(f"{value!r} is neither a number nor 'none'", param, ctx)
 
 
+class Depths(click.ParamType):
+    """One inversion depth or increasing depths, comma-separated fractions in (0, 1]."""
+
+    name = "depth[,depth...]"
+
+    def convert(self, value: object, param: click.Parameter | None,
+                ctx: click.Context | None) -> tuple[float, ...]:
+        parts = value if isinstance(value, (tuple, list)) else str(value).split(",")
+        try:
+            depths = tuple(float(p) for p in parts)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a comma-separated list of numbers", param, ctx)
+        if not depths or not all(0 < d <= 1 for d in depths) or any(a >= b for a, b in zip(depths, depths[1:])):
+            self.fail(f"{value!r}: depths must be increasing fractions in (0, 1]", param, ctx)
+        return depths
+
+
 def click_error(err: ValueError, flags: Mapping[str, str] | None = None, **context: str) -> click.ClickException:
     """A click error for a :class:`sdo_adv.runs.RunError`: the option at fault is the flag
     ``flags`` gives for its parameter (else ``--<parameter>``); its remedy in command-line

@@ -189,7 +189,7 @@ def test_early_stop_off_keeps_optimizing_and_returns_the_smallest_l2_success(mod
     model, gen = models
     images, labels = unfooled_batch(model, 8)
     steps = []
-    atk = SDOAttack(model, gen, steps=6, lr=0.1, early_stop=False, callback=steps.append)
+    atk = SDOAttack(model, gen, steps=6, depth=0.3, lr=0.1, early_stop=False, callback=steps.append)
     adv = atk(images, labels)
     r = atk.last_result
     assert len(steps) == 7 and len(r.history) == 7
@@ -247,7 +247,7 @@ def test_conditioning_optimization(models, optimize):
 def test_returned_images_are_reproducible_from_the_record_with_conditioning_optimization(models):
     model, gen = models
     images, labels = unfooled_batch(model, 4)
-    atk = SDOAttack(model, gen, steps=3, optimize="cond")
+    atk = SDOAttack(model, gen, steps=3, depth=0.3, optimize="cond")
     adv = atk(images, labels)
     r = atk.last_result
     with torch.no_grad():
@@ -357,7 +357,7 @@ def test_grayscale_generator_with_rgb_images_converts_explicitly(models):
 def test_returned_images_are_exact_samples_of_the_returned_latents(models, sampler):
     model, gen = models
     images, labels = batch(4, size=12)
-    atk = SDOAttack(model, gen, steps=4, lr=0.3, sampler=sampler, sweeps=1)
+    atk = SDOAttack(model, gen, steps=4, depth=0.3, lr=0.3, sampler=sampler, sweeps=1)
     adv = atk(images, labels)
     r = atk.last_result
     cond = gen.condition(labels)

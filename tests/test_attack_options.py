@@ -200,7 +200,7 @@ def test_half_precision_generator(models, dtype, input_dtype):
     with torch.no_grad():
         labels = model(images).argmax(1)
     images = images.to(input_dtype)
-    atk = SDOAttack(model, gen, steps=3, lr=0.2)
+    atk = SDOAttack(model, gen, steps=3, lr=0.2, depth=0.5)
     adv = atk(images, labels)
     r = atk.last_result
     assert adv.dtype == input_dtype and torch.isfinite(adv).all() and 0 <= adv.min() and adv.max() <= 1
@@ -218,7 +218,7 @@ def test_dpm_solver_attack(models):
     gen = pixel_generator(steps=4, solver="dpm++")
     images, labels = unfooled_batch(model, 8)
     steps = []
-    atk = SDOAttack(model, gen, steps=10, lr=0.3, fidelity=0.0, callback=steps.append)
+    atk = SDOAttack(model, gen, steps=10, depth=0.3, lr=0.3, fidelity=0.0, callback=steps.append)
     adv = atk(images, labels)
     r = atk.last_result
     assert r.history[0] < 0.5 and r.success.float().mean() > r.history[0] + 0.25
@@ -326,8 +326,13 @@ def test_adaptive_depth_retries_only_the_failures_deeper(models):
         assert torch.allclose(gen.from_generator(again, 1, (8, 8)), adv[i:i + 1], atol=1e-5)
 
 
-@pytest.mark.parametrize("depth", [(0.5, 0.25), (0.5, 0.5), ()])
+@pytest.mark.parametrize("depth", [(0.5, 0.25), (0.5, 0.5), (), (1, 2)])
 def test_depths_must_increase(models, depth):
     model, gen = models
     with pytest.raises(ValueError, match="increasing depths"):
         SDOAttack(model, gen, depth=depth)
+
+
+def test_depths_on_the_same_step_are_one(models):
+    model, gen = models  # 4 sampling steps: 0.3 and 0.35 both start one step from the end
+    assert SDOAttack(model, gen, depth=(0.3, 0.35, 1.0)).depths == (0.3, 1.0)

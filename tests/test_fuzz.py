@@ -439,7 +439,8 @@ OPTION_VALUES = {  # flag -> (valid values, invalid values); None: the option le
                     ("bptt", "sdo:", "sdo:x", "truncated:0", "truncated:-1", "full:1", "", "sdo:1:2")),
     "--steps": (("1", "2"), ("0", "-1", "x", "1.5")),
     "--lr": (("0.05", "1", "1e-3"), ("0", "-0.1", "nan", "inf", "x")),
-    "--depth": (("0.5", "1", "0.01"), ("0", "1.5", "-0.5", "nan", "x")),
+    "--depth": (("0.5", "1", "0.01", "0.3,0.5", "0.01,1"), ("0", "1.5", "-0.5", "nan", "x", "0.5,0.3", "0.3,0.3",
+                                                             "0.3,", "0.3,1.5")),
     "--num-inference-steps": ((None, "1", "2", "3"), ("0", "-2", "x")),
     "--guidance-scale": ((None, "1", "2.5", "0"), ("nan", "inf", "x")),
     "--batch-size": (("1", "2", "64"), ("0", "-1", "x")),
@@ -465,7 +466,7 @@ def test_cli_options(assets, data):
         if index is not None:
             chosen["--estimator"] = f"sdo:{index}"
             steps = int(chosen["--num-inference-steps"] or 1)  # the generator stores 1
-            sampled = max(1, round(float(chosen["--depth"]) * steps))
+            sampled = min(max(1, round(float(d) * steps)) for d in chosen["--depth"].split(","))
             valid = valid and -sampled <= int(index) < sampled
     flag_for = {"--estimator": data.draw(st.sampled_from(["--estimator", "--gradient"]), "alias")}
     args = [part for flag, value in chosen.items() if value is not None

@@ -221,5 +221,5 @@ def test_json_config_of_fields(assets, tmp_path, spy):
     result = CliRunner().invoke(main, ["attack", "--config", str(tmp_path / "run.json"), "--out", str(tmp_path / "o")])
     assert result.exit_code == 0, result.output
     config = json.loads((tmp_path / "o" / "run.json").read_text())["config"]
-    assert {k: config[k] for k in cfg} == {**cfg, "input": str(assets / "val")}
+    assert {k: config[k] for k in cfg} == {**cfg, "input": str(assets / "val"), "depth": [0.5]}
     assert spy["prompts"] == [expected_prompts("a {}")]

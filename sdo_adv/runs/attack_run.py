@@ -127,11 +127,11 @@ class AttackRun:
         if config.sampler == "picard" and solver not in ("ddim", None):  # None: the stored scheduler's own
             raise RunError(f"the picard sampler needs the ddim solver, not {solver}", "sampler")
         n = config.num_inference_steps or stored.get("num_inference_steps", DEFAULT_SAMPLING_STEPS)
-        sampled = max(1, round(config.depth * n))
-        try:
-            parse_estimator(config.estimator).check(sampled)
-        except ValueError as err:
-            raise RunError(f"{err} (depth {config.depth} of {n} sampling steps)", "estimator") from err
+        for depth in config.depth:
+            try:
+                parse_estimator(config.estimator).check(max(1, round(depth * n)))
+            except ValueError as err:
+                raise RunError(f"{err} (depth {depth} of {n} sampling steps)", "estimator") from err
         return stored, guard
 
     def _check_resume(self, config: AttackRunConfig) -> None:

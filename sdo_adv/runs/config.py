@@ -53,8 +53,9 @@ class AttackRunConfig:
     """Attack iterations."""
     lr: float = 0.05
     """Adam learning rate on the latent."""
-    depth: float = 0.3
-    """Inversion depth, a fraction of the sampling schedule in (0, 1]."""
+    depth: tuple[float, ...] = (0.3, 0.5)
+    """Inversion depths, increasing fractions of the sampling schedule in (0, 1]: images not
+    yet fooled at one depth start again at the next (a single number is one depth)."""
     fidelity: float = 200.0
     """Weight of the mean squared pixel error to the original in the attack loss."""
     fidelity_halflife: float | None = 10.0
@@ -128,9 +129,12 @@ class AttackRunConfig:
         _number(self, "lr")
         if self.lr <= 0:
             raise RunError(f"lr must be > 0, got {self.lr}", "lr")
-        _number(self, "depth")
-        if not 0 < self.depth <= 1:
-            raise RunError(f"depth must be a fraction in (0, 1], got {self.depth}", "depth")
+        depths = (self.depth,) if isinstance(self.depth, (int, float)) else self.depth
+        if not isinstance(depths, (tuple, list)) or not depths or not all(
+                isinstance(d, (int, float)) and not isinstance(d, bool) and 0 < d <= 1 for d in depths) \
+                or any(a >= b for a, b in zip(depths, depths[1:])):
+            raise RunError(f"depth must be a fraction in (0, 1] or increasing fractions, got {self.depth!r}", "depth")
+        object.__setattr__(self, "depth", tuple(float(d) for d in depths))
         if self.guidance_scale is not None:
             _number(self, "guidance_scale")
         _number(self, "fidelity")
@@ -233,6 +237,8 @@ class AttackRunConfig:
         without checking them (the files they name may be gone)."""
         defaults = {f.name: f.default for f in fields(cls) if f.default is not MISSING}
         renamed = {**defaults, **EARLIER, **{LEGACY_KEYS.get(k, k): v for k, v in data.items()}}
+        depth = renamed["depth"]
+        renamed["depth"] = [depth] if isinstance(depth, (int, float)) else list(depth)  # one depth before 0.3
         return {k: v for k, v in renamed.items() if k in {f.name for f in fields(cls)}}
 
     def changes_from(self, recorded: dict[str, Any]) -> list[str]:
