@@ -59,6 +59,16 @@ class PGDTraining:
     steps: int = 10
     ramp_epochs: int = 8
 
+    def eps_at(self, epochs: float) -> float:
+        """The training eps after ``epochs`` (fractional) epochs: ramped linearly, then flat."""
+        return self.eps * min(1.0, epochs / self.ramp_epochs)
+
+    def adversarial(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
+                    gen: torch.Generator) -> torch.Tensor:
+        """PGD examples of ``x`` at ``eps`` (the step scaled with eps), made in eval mode."""
+        model.eval()
+        return pgd_attack(model, x, y, eps, self.alpha * eps / self.eps, self.steps, gen)
+
 
 @dataclass(frozen=True)
 class Spec:
@@ -182,10 +192,8 @@ def train(name: str, data: dict[str, torch.Tensor], args: argparse.Namespace) ->
             idx = perm[i * spec.batch:(i + 1) * spec.batch]
             xb, yb = augment(x[idx], gen), y[idx]
             if spec.pgd is not None:
-                p = spec.pgd
-                eps = p.eps * min(1.0, (epoch * per_epoch + i + 1) / (p.ramp_epochs * per_epoch))
-                model.eval()
-                xb = pgd_attack(model, xb, yb, eps, p.alpha * eps / p.eps, p.steps, gen)
+                eps = spec.pgd.eps_at((epoch * per_epoch + i + 1) / per_epoch)
+                xb = spec.pgd.adversarial(model, xb, yb, eps, gen)
             model.train()
             logits = model(xb)
             loss = F.cross_entropy(logits, yb)

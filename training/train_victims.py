@@ -46,7 +46,7 @@ from torch import Tensor
 
 from digits_data import N_TRAIN, SPLIT_SEED, load_split, to_unit
 from sdo_adv import architectures
-from train_classifiers import PGDTraining, pgd_attack
+from train_classifiers import PGDTraining
 from sdo_adv.classifier import ImageClassifier
 
 REPO = Path(__file__).resolve().parents[1]
@@ -197,10 +197,7 @@ def train(name: str, data: dict[str, Tensor], args: argparse.Namespace) -> tuple
             idx = perm[i * spec.batch:(i + 1) * spec.batch]
             xb, yb = augment(x[idx], gen), y[idx]
             if spec.pgd is not None:
-                p = spec.pgd
-                eps = p.eps * min(1.0, (epoch * per_epoch + i + 1) / (p.ramp_epochs * per_epoch))
-                model.eval()
-                xb = pgd_attack(model, xb, yb, eps, p.alpha * eps / p.eps, p.steps, gen)
+                xb = spec.pgd.adversarial(model, xb, yb, spec.pgd.eps_at((epoch * per_epoch + i + 1) / per_epoch), gen)
                 model.train()
             logits = model(xb)
             loss = F.cross_entropy(logits, yb, label_smoothing=spec.label_smoothing)
