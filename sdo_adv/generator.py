@@ -18,6 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .estimators import CallMode, Estimator, parse_estimator
 from .imaging import convert_channels, fit, unfit
+from .memory import MemoryPlan
 
 SOLVERS = ("ddim", "dpm++")
 INPUT_MAPPINGS = ("resize", "pad")
@@ -74,25 +75,27 @@ class DiffusionGenerator(nn.Module):
     for digits trained padded from 28 to 32 pixels; larger images are resized). ``guard`` names
     a classifier spec recommended as :class:`~sdo_adv.attacks.SDOAttack`'s guard for this
     generator's images (an adversarially trained classifier of its classes), or None.
-    ``Generator`` is an alias of this class, kept for compatibility.
+    ``memory``: ``"checkpoint"`` (exact checkpointing of the UNet's and VAE decoder's units),
+    ``"tiled"`` (inexact), ``"none"``, or ``"auto"`` (the default: ``"checkpoint"`` for latent
+    generators, ``"none"`` for small pixel ones); see :mod:`sdo_adv.memory`. ``Generator`` is an
+    alias of this class, kept for compatibility.
     """
 
     def __init__(self, unet: nn.Module, scheduler: Any, vae: nn.Module | None = None,
                  text_encoder: nn.Module | None = None, tokenizer: Any = None, *,
                  num_inference_steps: int = 50, guidance_scale: float = 1.0,
                  null_class: int | None = None, solver: str | None = "ddim",
-                 class_names: Sequence[str] | None = None,
-                 prompt_template: str = "a photo of a {}", input_mapping: str = "resize",
-                 guard: str | None = None) -> None:
+                 class_names: Sequence[str] | None = None, prompt_template: str = "a photo of a {}",
+                 input_mapping: str = "resize", guard: str | None = None, memory: str = "auto") -> None:
         super().__init__()
-        self.unet, self.vae, self.text_encoder = unet, vae, text_encoder
-        self.tokenizer = tokenizer
+        self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer
         self.requires_grad_(False).eval()
+        memory = ("checkpoint" if vae is not None else "none") if memory == "auto" else memory
+        self.memory = MemoryPlan(memory, [unet] + ([getattr(vae, "decoder", vae)] if vae is not None else []))
         self.scheduler = _sampling_scheduler(scheduler, solver)
         if num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
-        self.num_inference_steps = int(num_inference_steps)
-        self.guidance_scale = float(guidance_scale)
+        self.num_inference_steps, self.guidance_scale = int(num_inference_steps), float(guidance_scale)
         num_class_embeds = getattr(unet.config, "num_class_embeds", None)
         if null_class is None and num_class_embeds and guidance_scale != 1.0:
             null_class = num_class_embeds - 1
@@ -193,7 +196,7 @@ class DiffusionGenerator(nn.Module):
         if self.latent_space:
             shift = getattr(self.vae.config, "shift_factor", None) or 0.0
             z = latent.to(self.dtype) / self.vae.config.scaling_factor + shift
-            x = self.vae.decode(z).sample.to(latent.dtype)
+            x = self.memory.decode(self.vae, z).to(latent.dtype)
         return (x / 2 + 0.5).clamp(0, 1)
 
     # ---- conditioning ---------------------------------------------------------------------
@@ -274,7 +277,7 @@ class DiffusionGenerator(nn.Module):
             with torch.no_grad():
                 return self.denoise(x, t, cond)
         if mode is CallMode.CHECKPOINT and torch.is_grad_enabled():
-            return checkpoint(self.denoise, x, t, cond, use_reentrant=False)
+            return checkpoint(self.memory.whole(self.denoise), x, t, cond, use_reentrant=False)
         return self.denoise(x, t, cond)
 
     # ---- schedule -------------------------------------------------------------------------

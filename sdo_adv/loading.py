@@ -54,7 +54,7 @@ def _embedded(name: str, kind: str) -> dict[str, Any]:
 
 # ---- generators ---------------------------------------------------------------------------
 STORED_SETTINGS = ("num_inference_steps", "guidance_scale", "null_class", "solver", "class_names", "prompt_template",
-                   "input_mapping", "guard")
+                   "input_mapping", "guard", "memory")
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 
 
