@@ -61,7 +61,8 @@ class AttackResult:
     ``history``: fraction of the batch successful (as ``success``) after each iteration, ``seconds``: wall-clock
     seconds since the attack started at each of those points; ``latent``: the start
     latents ``(B, C, h, w)`` at schedule index ``start`` whose exact sequential samples are
-    the returned images (before conversion to the input's size and channels), under the
+    the returned images (before conversion to the input's size and channels, and before
+    compositing with the input outside a ``mask``, which ``"blend"`` also applies while sampling), under the
     conditioning embeddings ``cond_embeds`` when the attack optimized them (``optimize`` of
     ``"cond"`` or ``"both"``; None otherwise: the labels' own conditioning).
     """

@@ -15,6 +15,7 @@ from sdo_adv.generator import Condition, DiffusionGenerator
 from sdo_adv.imaging import check_images, check_labels
 from sdo_adv.loading import load_classifier, load_generator
 from sdo_adv.losses import LOSSES, attack_loss, cw_margin, keep_loss, reached, success
+from sdo_adv.masks import Mask, Region, check_mask_mode
 from sdo_adv import metrics
 from sdo_adv.picard import PicardSampler, Trajectory
 
@@ -91,6 +92,9 @@ class SDOAttack(Attack):
         guard_weight (float): weight of the guard's hinge. (Default: 1.0)
         guard_kappa (float): the guard's margin (true-class logit over the largest other)
             that the hinge asks for and success requires. (Default: 0.0)
+        mask (Tensor or callable or None): ``(N, 1, H, W)`` in [0, 1], or a function of the images giving
+            one: 1 may change, 0 is kept exactly (:mod:`sdo_adv.masks`). (Default: None)
+        mask_mode (str): ``"composite"`` or ``"blend"`` (sequential sampler only). (Default: ``"composite"``)
 
     Shape:
         - images: :math:`(N, C, H, W)` in [0, 1], C in {1, 3}. - labels: :math:`(N)` int.
@@ -118,7 +122,7 @@ class SDOAttack(Attack):
                  tol: float | None = None, hold: str = "output",
                  callback: Callable[[AttackStep], None] | None = None,
                  guard: torch.nn.Module | str | None = "auto", guard_weight: float = 1.0, guard_kappa: float = 0.0,
-                 *, gradient: str | None = None) -> None:
+                 mask: Mask | None = None, mask_mode: str = "composite", *, gradient: str | None = None) -> None:
         super().__init__("SDOAttack", model)
         self.generator = load_generator(generator)
         if gradient is not None:
@@ -151,8 +155,8 @@ class SDOAttack(Attack):
         self.latent_bound, self.optimize, self.early_stop = latent_bound, optimize, bool(early_stop)
         if fidelity_halflife is not None and not fidelity_halflife > 0:
             raise ValueError(f"fidelity_halflife must be > 0 or None, got {fidelity_halflife!r}")
-        self.fidelity_halflife = fidelity_halflife
-        self.prompts, self.progress, self.callback = prompts, bool(progress), callback
+        self.fidelity_halflife, self.prompts, self.progress = fidelity_halflife, prompts, bool(progress)
+        self.callback = callback
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; accepted: {', '.join(SAMPLERS)}")
         self.sampler, self.sweeps, self.tol = sampler, int(sweeps), tol
@@ -162,6 +166,7 @@ class SDOAttack(Attack):
         if self.guard is model:
             raise ValueError("the guard is the victim: a guard must be another classifier")
         self.guard_weight, self.guard_kappa = float(guard_weight), float(guard_kappa)
+        self.mask, self.mask_mode = mask, check_mask_mode(mask_mode, sampler)
         self.supported_mode = ["default", "targeted"]
         self.last_result: AttackResult | None = None
 
@@ -195,11 +200,11 @@ class SDOAttack(Attack):
     def forward(self, images: Tensor, labels: Tensor) -> Tensor:
         r"""Overridden."""
         check_images(images)
-        started = time.perf_counter()
-        in_dtype, in_device = images.dtype, images.device
+        started, in_dtype, in_device = time.perf_counter(), images.dtype, images.device
         gen = self.generator
         work = torch.float64 if gen.dtype == torch.float64 else torch.float32
         images = images.detach().to(device=gen.device, dtype=work)
+        self._region = Region(self.mask, images, self.mask_mode)
         labels = labels.to(gen.device) if isinstance(labels, Tensor) else labels
         with torch.no_grad():
             clean_logits = self.get_logits(images)
@@ -212,7 +217,6 @@ class SDOAttack(Attack):
             labels = clean_logits.argmax(1)  # the true class is unknown: the generator keeps the predicted one
             self._validate(images, labels, clean_logits)
 
-        c, h, w = images.shape[1:]
         cond = self._condition(labels)
         n = images.shape[0]
         attackable = torch.ones(n, dtype=torch.bool, device=gen.device) if self.targeted else \
@@ -253,10 +257,10 @@ class SDOAttack(Attack):
         start = inversion.start
         z0 = torch.zeros((images.shape[0], *inversion.latent.shape[1:]), device=gen.device, dtype=work)
         z0[todo] = inversion.latent.to(work)
+        self._region.begin(gen, z0, start)
         if s.best_z is None:
             s.best_z, s.starts[:] = z0.clone(), start
-        in_pass = torch.zeros_like(s.done)
-        in_pass[todo] = True
+        in_pass = torch.zeros_like(s.done).index_fill_(0, todo, True)
         delta = torch.zeros_like(z0, requires_grad=True)
         params = [delta] if self.optimize != "cond" else []
         cond_delta = None
@@ -280,7 +284,7 @@ class SDOAttack(Attack):
             with torch.set_grad_enabled(not last):
                 z, cond_a = self._variables(z0, delta, cond, cond_delta, active)
                 generated, calls = self._sample(z, cond_a, start, active, trajectory)
-                adv = gen.from_generator(generated, c, (h, w))
+                adv = self._region.paste(gen.from_generator(generated, c, (h, w)), active)
                 logits = self.get_logits(adv)
                 guard_logits = self.guard(adv) if self.guard is not None else None
                 ok = reached(logits, goal[active], self.targeted, self.loss, self.kappa)
@@ -323,19 +327,15 @@ class SDOAttack(Attack):
 
     @torch.no_grad()
     def _kept(self, images: Tensor, labels: Tensor, guard_logits: Tensor | None = None) -> Tensor:
-        """``(B,)`` bool: the guard (if any) reads ``labels`` for ``images`` (or from its
-        ``guard_logits``) with a margin of at least ``guard_kappa``."""
+        """``(B,)`` bool: the guard (if any) reads ``labels`` (from ``guard_logits`` if given) by ``guard_kappa``."""
         if self.guard is None:
             return torch.ones(images.shape[0], dtype=torch.bool, device=images.device)
         logits = guard_logits if guard_logits is not None else self.guard(images)
         return (logits.argmax(1) == labels) & (cw_margin(logits, labels) >= self.guard_kappa)
 
     def _fidelity_weight(self, iteration: int) -> float:
-        """The fidelity weight at ``iteration``: halved every ``fidelity_halflife`` iterations,
-        so that samples still unsuccessful may move further from the original."""
-        if self.fidelity_halflife is None:
-            return self.fidelity
-        return self.fidelity * 0.5 ** (iteration / self.fidelity_halflife)
+        """The fidelity weight, halved every ``fidelity_halflife`` iterations (unsuccessful samples may go further)."""
+        return self.fidelity * (1.0 if self.fidelity_halflife is None else 0.5 ** (iteration / self.fidelity_halflife))
 
     @staticmethod
     def _variables(z0: Tensor, delta: Tensor, cond: Condition | None, cond_delta: Tensor | None,
@@ -354,7 +354,8 @@ class SDOAttack(Attack):
         ``trajectory``) and the ``[calls, images]`` of the UNet it took."""
         with counting_calls(self.generator.unet) as calls:
             if self._picard is None:
-                return self.generator.sample(z, cond=cond, estimator=self.estimator, start=start), calls
+                blend = self._region.hook(self.generator, active, start)
+                return self.generator.sample(z, cond=cond, estimator=self.estimator, start=start, callback=blend), calls
             images, refined = self._picard.sample(z, cond=cond, estimator=self.estimator, start=start,
                                                   trajectory=trajectory.select(active))
         trajectory.states[:, active] = refined.states
@@ -377,7 +378,8 @@ class SDOAttack(Attack):
             cond_c = cond.replace(cond.embeds.detach()).select(idx) if cond is not None else None
             exact = self._picard.init_trajectory(z.detach()[idx], start, cond_c)
             trajectory.states[:, active[idx]] = exact.states
-            adv[idx] = self.generator.from_generator(self.generator.decode(exact.states[-1]), shape[0], shape[1:])
+            adv[idx] = self._region.paste(self.generator.from_generator(self.generator.decode(exact.states[-1]),
+                                                                        shape[0], shape[1:]), active[idx])
             ok[idx] = reached(self.get_logits(adv[idx]), goal[idx], self.targeted, self.loss, self.kappa)
         return adv, ok
 
@@ -392,8 +394,6 @@ class SDOAttack(Attack):
 
     @torch.no_grad()
     def _project(self, *variables: Tensor | None) -> None:
-        if self.latent_bound is None:
-            return
         for v in variables:
-            if v is not None:
+            if v is not None and self.latent_bound is not None:
                 v.clamp_(-self.latent_bound, self.latent_bound)

@@ -117,6 +117,12 @@ def resolve_options(ctx: click.Context, values: dict[str, Any]) -> dict[str, Any
 @click.option("--guard-kappa", default=0.0, show_default=True, type=float,
               help="The guard's margin (true-class logit over the largest other) that its hinge asks for and "
                    "success requires.")
+@click.option("--mask-dir", type=click.Path(file_okay=False),
+              help="Folder of one grayscale PNG mask per input, named as the input (an .npz image: as its output "
+                   "PNG), of its size: white may change, black is kept (to within 2/255).")
+@click.option("--mask-mode", default="composite", show_default=True, type=click.Choice(["composite", "blend"]),
+              help="Keep the unmasked region in pixel space, or also blend it into the latent at every sampling "
+                   "step (sequential sampler only).")
 @click.option("--num-inference-steps", type=click.IntRange(1), help="Sampling steps  [default: the generator's].")
 @click.option("--guidance-scale", type=float, help="Classifier-free guidance  [default: the generator's].")
 @click.option("--solver", type=click.Choice(["ddim", "dpm++"]), help="Sampling scheduler  [default: the generator's].")

@@ -180,7 +180,7 @@ def test_unknown_synset_folder(assets, tmp_path, no_loads):
 def test_every_attack_argument_has_a_field_and_a_flag():
     """Every SDOAttack argument but the Python-only ones is a field; every field is a flag with
     the field's default and choices."""
-    python_only = {"self", "model", "generator", "prompts", "progress", "callback", "gradient", "guard"}
+    python_only = {"self", "model", "generator", "prompts", "progress", "callback", "gradient", "guard", "mask"}
     arguments = set(inspect.signature(SDOAttack.__init__).parameters) - python_only
     assert arguments == set(ATTACK_FIELDS)
     params = {p.name: p for p in attack.params}
@@ -192,11 +192,12 @@ def test_every_attack_argument_has_a_field_and_a_flag():
     from sdo_adv.attacks.sdo import OPTIMIZE, SAMPLERS
     from sdo_adv.generator import SOLVERS
     from sdo_adv.losses import LOSSES
+    from sdo_adv.masks import MASK_MODES
     from sdo_adv.picard import HOLDS
     from sdo_adv.runs.config import DTYPES
 
     for name, accepted in {"loss": LOSSES, "optimize": OPTIMIZE, "sampler": SAMPLERS, "hold": HOLDS,
-                           "solver": SOLVERS, "dtype": DTYPES}.items():
+                           "solver": SOLVERS, "dtype": DTYPES, "mask_mode": MASK_MODES}.items():
         assert tuple(params[name].type.choices) == accepted, name
 
 

@@ -31,6 +31,7 @@ from .dataset import Item, read_csv, read_dataset
 from .errors import RunError
 from .io import clear_stale, inside, read_image, save_png, to_tensor, write_text
 from .manifest import MANIFEST, Manifest, finished_rows, part_path, run_lock
+from .masks import load_masks, mask_files
 from .prompts import label_classes, run_prompts, use_negative_prompt
 from .report import REPORT, RUN, RunOutputs, versions
 
@@ -59,6 +60,7 @@ class AttackRun:
         self._notice = notice
         classes = label_classes(config.classifier, config.class_names)
         self.dataset = read_dataset(config.input, config.labels, classes.synsets if classes else None)
+        self.masks = mask_files(self.dataset, config.mask_dir) if config.mask_dir is not None else None
         csv_targets = read_csv(Path(config.targets_csv), "target")[0] if config.targets_csv else None
         stored, guard = self._check_specs(config)
         self.prompts = run_prompts(config.generator, classes, self.dataset, stored, config.prompt_template,
@@ -263,6 +265,8 @@ class AttackRun:
         labels = torch.tensor([it.label for it in batch])
         prompts = self.prompts(batch) if self.prompts is not None else None
         self.attack.prompts = prompts
+        if self.masks is not None:
+            self.attack.mask = load_masks([self.masks[it.source] for it in batch], self.attack.generator.fit)
         seeds = [item_seed(self.config.seed, it.source) for it in batch]
         self._pin_targets(batch, seeds)
         if self.random_estimator:

@@ -11,6 +11,7 @@ from ..class_names import NAMED_SETS
 from ..estimators import parse_estimator
 from ..generator import SOLVERS
 from ..losses import LOSSES
+from ..masks import MASK_MODES
 from ..picard import HOLDS
 from .errors import RunError
 
@@ -23,7 +24,8 @@ RESUME_FREE = ("batch_size", "device", "trust_pickle")
 LEGACY_KEYS = {"gradient": "estimator"}
 # The fields that are SDOAttack's arguments of the same name.
 ATTACK_FIELDS = ("steps", "lr", "estimator", "depth", "loss", "kappa", "fidelity", "fidelity_halflife", "latent_bound",
-                 "optimize", "early_stop", "sampler", "sweeps", "tol", "hold", "guard_weight", "guard_kappa")
+                 "optimize", "early_stop", "sampler", "sweeps", "tol", "hold", "guard_weight", "guard_kappa",
+                 "mask_mode")
 # Fields absent from the run.json of earlier versions whose values then were not today's defaults.
 EARLIER = {"judges": [], "fidelity": 50.0, "fidelity_halflife": None,  # before 0.2
            "guard": "none"}  # before the guard, SDOAttack had none
@@ -115,6 +117,12 @@ class AttackRunConfig:
     ``a photo of a {}``."""
     negative_prompt: str | None = None
     """Prompt of the unconditional branch of classifier-free guidance (guidance_scale != 1)."""
+    mask_dir: str | None = None
+    """A folder of one grayscale PNG mask per input, named as the input (see
+    :mod:`sdo_adv.runs.masks`): white may change, black is kept; None changes whole images."""
+    mask_mode: str = "composite"
+    """How masks are kept: ``composite`` (in pixel space) or ``blend`` (also in the latent at
+    every sampling step; sequential sampler only); see :mod:`sdo_adv.masks`."""
 
     def __post_init__(self) -> None:
         for name in ("classifier", "generator", "input", "out"):
@@ -162,6 +170,8 @@ class AttackRunConfig:
         self._check_generator_settings()
         if not Path(self.input).exists():
             raise RunError(f"input {self.input} does not exist", "input")
+        if self.mask_dir is not None and not (isinstance(self.mask_dir, (str, Path)) and Path(self.mask_dir).is_dir()):
+            raise RunError(f"mask_dir {self.mask_dir} is not a folder", "mask_dir")
         if self.labels is not None and not Path(self.labels).is_file():
             raise RunError(f"labels file {self.labels} does not exist", "labels")
         if self.targeted is not None and self.targeted not in TARGET_MODES and not Path(self.targeted).is_file():
@@ -169,8 +179,11 @@ class AttackRunConfig:
                            "file with columns file,target", "targeted")
 
     def _check_attack_settings(self) -> None:
-        for name, accepted in (("loss", LOSSES), ("optimize", OPTIMIZE), ("sampler", SAMPLERS), ("hold", HOLDS)):
+        for name, accepted in (("loss", LOSSES), ("optimize", OPTIMIZE), ("sampler", SAMPLERS), ("hold", HOLDS),
+                               ("mask_mode", MASK_MODES)):
             _choice(self, name, accepted)
+        if self.mask_mode == "blend" and self.sampler != "sequential":
+            raise RunError(f"mask_mode blend needs the sequential sampler, not {self.sampler}", "mask_mode")
         for name in ("kappa", "guard_weight", "guard_kappa"):
             _number(self, name)
         _integer(self, "sweeps", 1)
@@ -216,8 +229,8 @@ class AttackRunConfig:
         return self.targeted if self.targeted is not None and self.targeted not in TARGET_MODES else None
 
     def resolved(self) -> AttackRunConfig:
-        """A copy with the input, output, labels, targets-CSV and class-names paths made absolute."""
-        absolute = {k: str(Path(getattr(self, k)).resolve()) for k in ("input", "out", "labels")
+        """A copy with the input, output, labels, mask-folder, targets-CSV and class-names paths made absolute."""
+        absolute = {k: str(Path(getattr(self, k)).resolve()) for k in ("input", "out", "labels", "mask_dir")
                     if getattr(self, k) is not None}
         if self.class_names is not None and self.class_names.lower() not in NAMED_SETS \
                 and Path(self.class_names).is_file():
