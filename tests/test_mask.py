@@ -40,20 +40,12 @@ def check_bound(adv, images, mask):
 
 
 @pytest.mark.parametrize("mode", ["composite", "blend"])
-def test_pixel_generator_keeps_the_unmasked_region(mode):
-    model, gen = tiny_models()
-    images, labels = unfooled_batch(model, 4)
-    mask = upper_half(4, 8)
-    attack = tiny_sdo_attack(model, gen, steps=3, mask=mask, mask_mode=mode)
-    check_bound(attack(images, labels), images, mask)
-
-
-@pytest.mark.parametrize("mode", ["composite", "blend"])
-def test_latent_generator_keeps_the_unmasked_region(mode):
-    model, gen = latent_models()
-    images, labels = latent_batch(model, 2)
-    mask = upper_half(2, 16)
-    attack = tiny_sdo_attack(model, gen, steps=2, mask=mask, mask_mode=mode)
+@pytest.mark.parametrize("kind,n,size,steps", [("pixel", 4, 8, 3), ("latent", 2, 16, 2)])
+def test_generator_keeps_the_unmasked_region(kind, n, size, steps, mode):
+    model, gen = tiny_models() if kind == "pixel" else latent_models()
+    images, labels = unfooled_batch(model, n) if kind == "pixel" else latent_batch(model, n)
+    mask = upper_half(n, size)
+    attack = tiny_sdo_attack(model, gen, steps=steps, mask=mask, mask_mode=mode)
     check_bound(attack(images, labels), images, mask)
 
 
