@@ -87,8 +87,8 @@ class SDOAttack(Attack):
             returned as its last image the victim still reads correctly (or as the input)
             and reported as not fooled. An adversarially trained classifier
             (perceptually aligned gradients) keeps the class for people and for judges; it must
-            not be the victim. ``"auto"`` takes the generator's recommended guard
-            (``sdo-adv:digits-guard`` for the embedded digits), if it has one. (Default: ``"auto"``)
+            not be the victim. ``"auto"`` takes the generator's recommended guard, if its settings
+            name one (the embedded digits name none; pass ``"sdo-adv:digits-guard"``). (Default: ``"auto"``)
         guard_weight (float): weight of the guard's hinge. (Default: 1.0)
         guard_kappa (float): the guard's margin (true-class logit over the largest other)
             that the hinge asks for and success requires. (Default: 0.0)
@@ -101,7 +101,8 @@ class SDOAttack(Attack):
         - output: :math:`(N, C, H, W)` in [0, 1], the input's dtype and device.
 
     The defaults (shallow inversion, heavy fidelity weight that halves for samples still
-    unsuccessful) were tuned on held-out digits against two embedded victims so that the judge
+    unsuccessful, a second depth for samples the first did not fool) were tuned on held-out
+    digits against three embedded victims so that the judge
     (``sdo-adv:digits-judge``) still reads the true class (``benchmarks/natural_quality.py``).
     For Stable Diffusion scale, use ``depth=0.25``-``0.4``, ``lr=0.01``, ``latent_bound=0.2``
     (ACA's latent budget) and ``fidelity`` around 10.
