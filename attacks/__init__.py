@@ -1,4 +1,5 @@
 """torchattacks-conforming attacks (installed as ``sdo_adv.attacks``)."""
+from .generate import SDOGenerate
 from .sdo import AttackResult, AttackStep, SDOAttack
 
-__all__ = ["AttackResult", "AttackStep", "SDOAttack"]
+__all__ = ["AttackResult", "AttackStep", "SDOAttack", "SDOGenerate"]

@@ -132,3 +132,12 @@ class Search:
             if not self.done[i]:
                 self.failure[i] = reason
         self.failed[index] = True
+
+
+def finite_gradients(active: Tensor, *variables: Tensor | None) -> Tensor:
+    """``(len(active),)`` bool: every gradient entry of the ``active`` samples is finite."""
+    ok = torch.ones(active.numel(), dtype=torch.bool, device=active.device)
+    for v in variables:
+        if v is not None and v.grad is not None:
+            ok &= torch.isfinite(v.grad[active].flatten(1)).all(1)
+    return ok

@@ -11,7 +11,7 @@ from torchattacks.attack import Attack
 from tqdm.auto import tqdm
 
 from sdo_adv.estimators import Estimator, parse_estimator
-from sdo_adv.generator import Condition, DiffusionGenerator
+from sdo_adv.generator import Condition, DiffusionGenerator, Inversion
 from sdo_adv.imaging import check_images, check_labels
 from sdo_adv.loading import load_classifier, load_generator
 from sdo_adv.losses import LOSSES, attack_loss, cw_margin, keep_loss, reached, success
@@ -19,7 +19,7 @@ from sdo_adv.masks import Mask, Region, check_mask_mode
 from sdo_adv import metrics
 from sdo_adv.picard import PicardSampler, Trajectory
 
-from .records import AttackResult, AttackStep, Search, counting_calls
+from .records import AttackResult, AttackStep, Search, counting_calls, finite_gradients
 
 OPTIMIZE = ("latent", "cond", "both")
 SAMPLERS = ("sequential", "picard")
@@ -254,7 +254,7 @@ class SDOAttack(Attack):
         gen, work = self.generator, images.dtype
         c, h, w = images.shape[1:]
         cond_t = cond.select(todo) if cond is not None else None
-        inversion = gen.invert(gen.to_generator(images[todo]), depth, cond=cond_t)
+        inversion = self._start_latent(images, depth, cond_t, todo)
         start = inversion.start
         z0 = torch.zeros((images.shape[0], *inversion.latent.shape[1:]), device=gen.device, dtype=work)
         z0[todo] = inversion.latent.to(work)
@@ -316,13 +316,13 @@ class SDOAttack(Attack):
                 if train.any():
                     opt.zero_grad(set_to_none=True)
                     objective[train].sum().backward()
-                    broken = train & ~self._finite_gradients(delta, cond_delta, active)
+                    broken = train & ~finite_gradients(active, delta, cond_delta)
                     s.fail(active[broken], f"non-finite gradient at iteration {offset + it}")
                     for v in (delta, cond_delta):
                         if v is not None and v.grad is not None:
                             v.grad[active[broken]] = 0
                     opt.step()
-                    self._project(delta, cond_delta)
+                    self._project(z0, start, delta, cond_delta)
         bar.close()
         return inversion.error
 
@@ -384,17 +384,13 @@ class SDOAttack(Attack):
             ok[idx] = reached(self.get_logits(adv[idx]), goal[idx], self.targeted, self.loss, self.kappa)
         return adv, ok
 
-    @staticmethod
-    def _finite_gradients(delta: Tensor, cond_delta: Tensor | None, active: Tensor) -> Tensor:
-        """``(len(active),)`` bool: every gradient entry of the active samples is finite."""
-        ok = torch.ones(active.numel(), dtype=torch.bool, device=active.device)
-        for v in (delta, cond_delta):
-            if v is not None and v.grad is not None:
-                ok &= torch.isfinite(v.grad[active].flatten(1)).all(1)
-        return ok
+    def _start_latent(self, images: Tensor, depth: float | int, cond: Condition | None, todo: Tensor) -> Inversion:
+        """The ``todo`` samples' start latents at ``depth``: a DDIM inversion of their images."""
+        return self.generator.invert(self.generator.to_generator(images[todo]), depth, cond=cond)
 
     @torch.no_grad()
-    def _project(self, *variables: Tensor | None) -> None:
-        for v in variables:
+    def _project(self, z0: Tensor, start: int, delta: Tensor, cond_delta: Tensor | None) -> None:
+        """Bound the change of the start latents ``z0`` (at ``start``) and of the conditioning."""
+        for v in (delta, cond_delta):
             if v is not None and self.latent_bound is not None:
                 v.clamp_(-self.latent_bound, self.latent_bound)
