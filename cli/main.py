@@ -5,6 +5,7 @@ import click
 
 from sdo_adv.cli.attack import attack, merge
 from sdo_adv.cli.evaluate import evaluate
+from sdo_adv.cli.generate import generate
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -73,6 +74,7 @@ def models() -> None:
 main.add_command(attack)
 main.add_command(merge)
 main.add_command(evaluate)
+main.add_command(generate)
 
 if __name__ == "__main__":
     main()

@@ -70,6 +70,8 @@ class RunOutputs:
     notices: list[str]
     rows: dict[str, dict[str, Any]]
     input_mapping: str = "resize"
+    command: str = "attack"
+    """``attack`` (originals are the inputs) or ``generate`` (originals are the plain draws)."""
 
     @classmethod
     def from_folder(cls, out: str | Path) -> RunOutputs:
@@ -135,7 +137,7 @@ class RunOutputs:
                 "the victim read the original correctly and reads the PNG as another class, of the images it "
                 "read correctly")
         judges = ", ".join(s["judges"]) or "none"
-        lines = [f"# sdo-adv attack: {o['classifier']} through {o['generator']}", "",
+        lines = [f"# sdo-adv {self.command}: {o['classifier']} through {o['generator']}", "",
                  "| images | clean accuracy | success rate | judge agreement | natural success | mean L2 "
                  "| mean L-inf | mean SSIM | mean PSNR (dB) | seconds / image |",
                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -144,6 +146,8 @@ class RunOutputs:
                  f"| {fmt(s['mean_l2'], '.3f')} | {fmt(s['mean_linf'], '.3f')} | {fmt(s['mean_ssim'], '.3f')} "
                  f"| {fmt(s['mean_psnr'], '.2f')} | {fmt(s['seconds_per_image'], '.2f')} |", "",
                  f"Success is measured on the saved 8-bit PNGs: {rule} (targeted: {o['targeted'] or 'no'}). "
+                 + ("The originals are the plain draws of each sample's seed (draws/). " if self.command == "generate"
+                    else "") +
                  f"Judges (never attacked, never in the loss): {judges}; judge agreement is the share of "
                  "successes that every judge still reads as the true label. "
                  f"Fidelity means are over the successful images, PNG against the original at "
@@ -166,5 +170,6 @@ class RunOutputs:
                                       fit=lambda x: fit(x, self.size[0], self.input_mapping))
         adversarials = torch.stack([to_tensor(read_image(self.out / r["file"]), originals.shape[1]) for r in rows])
         save_grid(originals, adversarials, [r["label"] for r in rows], [r["pred_after"] for r in rows],
-                  self.out / GRID, title=f"SDOAttack on {self.settings['classifier']}: "
+                  self.out / GRID, title=f"{'SDOGenerate' if self.command == 'generate' else 'SDOAttack'} on "
+                                         f"{self.settings['classifier']}: "
                                          f"{fmt(s['success_rate'], '.0%')} of {s['n']} successful")
