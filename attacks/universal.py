@@ -1,0 +1,239 @@
+"""UniversalSDO: one adversarial change per class of a conditional generator, learned with SDO
+gradients, so that fresh samples of the class fool a classifier at the cost of one sampling pass."""
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from sdo_adv.estimators import parse_estimator
+from sdo_adv.generator import DiffusionGenerator
+from sdo_adv.loading import load_generator
+from sdo_adv.losses import attack_loss, keep_loss
+
+VARIABLES = ("cond", "latent", "both")
+OFFSETS, SETTINGS = "offsets.safetensors", "universal.json"
+
+
+class UniversalSDO:
+    r"""Per-class universal adversarial conditioning of a class- or text-conditional generator.
+
+    A sample of class ``c`` runs the generator's trajectory from its seed's noise unchanged up
+    to ``depth`` from the end (where the class and the shape are settled), then the last
+    ``depth`` of the schedule with the class's learned changes: an offset of its conditioning
+    embedding (``variable="cond"``), an offset added to the latent at that step
+    (``"latent"``), or both. Training draws batches of fresh trajectories of each class and
+    minimizes the victim's margin plus ``fidelity`` times the squared pixel distance to the
+    plain sample of the same trajectory, with gradients from ``estimator`` (SDO by default);
+    the changes stay within ``bound``: the conditioning offset's L2 norm at most ``bound``
+    times the class embedding's, the latent offset's RMS at most ``bound``.
+
+    Arguments:
+        model (nn.Module): classifier to fool; takes [0, 1] images at the generator's size.
+        generator (DiffusionGenerator or str): the generator or a spec for :func:`sdo_adv.load_generator`.
+        classes (sequence of int): the classes to learn changes for.
+        variable (str): ``"cond"``, ``"latent"`` or ``"both"``. (Default: ``"cond"``)
+        depth (float): fraction of the schedule, at its end, that the changes act on. (Default: 0.3)
+        bound (float): size of the changes (see above). (Default: 0.5)
+        lr (float): Adam learning rate. (Default: 0.05)
+        batch_size (int): fresh trajectories per class and training step. (Default: 4)
+        pool (int): trajectories per class drawn once, up to ``depth``, that the batches are taken
+            from. (Default: 64)
+        fidelity (float): weight of the mean squared pixel error to the plain sample. (Default: 50.0)
+        kappa (float): margin of the victim's ``cw`` loss. (Default: 0.0)
+        guard (nn.Module or None): a classifier whose hinge keeps the class (see
+            :class:`SDOAttack`). (Default: None)
+        estimator (str): gradient estimator (:mod:`sdo_adv.estimators`). (Default: ``"sdo"``)
+        guidance_scale (float or None): classifier-free guidance (on a copy of the generator);
+            None keeps the generator's. (Default: 2.0)
+        seed (int): seeds of the training trajectories and batches. (Default: 0)
+
+    Examples::
+        >>> universal = UniversalSDO(model, "sdo-adv:digits", classes=range(10))
+        >>> universal.train(100)
+        >>> images = universal.sample(torch.tensor([3, 7]), seeds=[10_000, 10_001])
+    """
+
+    def __init__(self, model: torch.nn.Module, generator: DiffusionGenerator | str, classes: Sequence[int],
+                 variable: str = "cond", depth: float = 0.3, bound: float = 0.5, lr: float = 0.05,
+                 batch_size: int = 4, pool: int = 64, fidelity: float = 50.0, kappa: float = 0.0,
+                 guard: torch.nn.Module | None = None, guard_weight: float = 1.0, estimator: str = "sdo",
+                 guidance_scale: float | None = 2.0, seed: int = 0) -> None:
+        gen = load_generator(generator)
+        if not (gen.class_conditional or gen.text_conditional):
+            raise ValueError("UniversalSDO needs a class- or text-conditional generator: an unconditional one "
+                             "has no class to change")
+        if variable not in VARIABLES:
+            raise ValueError(f"unknown variable {variable!r}; accepted: {', '.join(VARIABLES)}")
+        self.classes = [int(c) for c in classes]
+        n = gen.num_classes if gen.class_conditional else None
+        if not self.classes or min(self.classes) < 0 or (n is not None and max(self.classes) >= n) \
+                or len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"classes must be distinct class indices in [0, {n}), got {self.classes}")
+        if not 0 < bound or not 0 < depth <= 1 or batch_size < 1 or pool < batch_size:
+            raise ValueError(f"need bound > 0, depth in (0, 1], batch_size >= 1 and pool >= batch_size; got "
+                             f"{bound}, {depth}, {batch_size}, {pool}")
+        if guidance_scale is not None and guidance_scale != gen.guidance_scale:
+            gen = copy.copy(gen)  # shares the networks; the caller's generator keeps its guidance
+            gen.guidance_scale = float(guidance_scale)
+            if gen.class_conditional and gen.null_class is None:
+                gen.null_class = gen.unet.config.num_class_embeds - 1
+        self.model, self.generator, self.guard = model, gen, guard
+        self.estimator = parse_estimator(estimator)
+        self.start = gen.start_index(float(depth))
+        self.estimator.check(gen.num_inference_steps - self.start)
+        self.settings: dict[str, Any] = {
+            "classes": self.classes, "variable": variable, "depth": float(depth), "bound": float(bound),
+            "lr": float(lr), "batch_size": int(batch_size), "pool": int(pool), "fidelity": float(fidelity),
+            "kappa": float(kappa), "guard_weight": float(guard_weight), "estimator": self.estimator.name,
+            "guidance_scale": gen.guidance_scale, "num_inference_steps": gen.num_inference_steps, "seed": int(seed)}
+        self.step, self.figures = 0, {}
+        base = self._embeds(torch.tensor(self.classes)).detach()
+        self._norms = base.flatten(1).norm(dim=1)
+        shape = self._noise_shape()
+        self.cond_offset = torch.zeros_like(base, requires_grad=True)
+        self.latent_offset = torch.zeros((len(self.classes), *shape), device=gen.device, requires_grad=True)
+        params = {"cond": [self.cond_offset], "latent": [self.latent_offset],
+                  "both": [self.cond_offset, self.latent_offset]}[variable]
+        self.optimizer = torch.optim.Adam(params, lr=lr)
+        self._pool: tuple[Tensor, Tensor, Tensor] | None = None
+
+    # ---- sampling ------------------------------------------------------------------------------
+    def _noise_shape(self) -> tuple[int, ...]:
+        size = self.generator.unet.config.sample_size
+        return (self.generator.unet.config.in_channels, *((size, size) if isinstance(size, int) else size))
+
+    def _embeds(self, labels: Tensor) -> Tensor:
+        return self.generator.condition(labels=labels.to(self.generator.device)).embeds
+
+    def noise(self, seeds: Sequence[int]) -> Tensor:
+        """Seeded start noise ``(N, C, h, w)`` (drawn on the CPU, as :meth:`SDOGenerate.noise`)."""
+        return torch.stack([torch.randn(self._noise_shape(), generator=torch.Generator().manual_seed(int(s)))
+                            for s in seeds]).to(self.generator.device)
+
+    @torch.no_grad()
+    def _trajectories(self, labels: Tensor, seeds: Sequence[int]) -> tuple[Tensor, Tensor]:
+        """The plain trajectories' latents at the changes' step and their final images in [0, 1]."""
+        gen, noise, kept = self.generator, self.noise(seeds), {}
+
+        def keep(step: dict[str, Any]) -> None:
+            if step["i"] + 1 == self.start:
+                kept["x"] = step["x"]
+
+        draws = gen.sample(noise, cond=gen.condition(labels=labels.to(gen.device)), estimator="skip", callback=keep)
+        return kept["x"] if self.start else noise, draws
+
+    def _changed(self, states: Tensor, labels: Tensor, estimator: Any) -> Tensor:
+        """Images in [0, 1] from ``states`` at the changes' step under the classes' changes."""
+        index = torch.tensor([self.classes.index(int(c)) for c in labels], device=states.device)
+        cond = self.generator.condition(labels=labels.to(states.device))
+        cond = cond.replace(cond.embeds + self.cond_offset[index])
+        return self.generator.sample(states + self.latent_offset[index], cond=cond, estimator=estimator,
+                                     start=self.start)
+
+    @torch.no_grad()
+    def sample(self, labels: Tensor | Sequence[int], seeds: Sequence[int]) -> tuple[Tensor, Tensor]:
+        """Adversarial samples of ``labels`` (classes among :attr:`classes`) from the noise of
+        ``seeds``, and the plain samples of the same noise: two ``(N, C, S, S)`` in [0, 1]."""
+        labels = torch.as_tensor(labels).long()
+        unknown = sorted({int(c) for c in labels} - set(self.classes))
+        if unknown or len(seeds) != len(labels):
+            raise ValueError(f"classes {unknown} have no learned change (learned: {self.classes})" if unknown
+                             else f"got {len(seeds)} seeds for {len(labels)} labels")
+        states, draws = self._trajectories(labels, seeds)
+        return self._changed(states, labels, "skip"), draws
+
+    # ---- training ------------------------------------------------------------------------------
+    def _training_pool(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Labels, latents at the changes' step and plain images of the training trajectories
+        (seeds ``seed * 10**6 + class * 10**4 + i``, apart from evaluation seeds)."""
+        if self._pool is None:
+            s, n = self.settings["seed"], self.settings["pool"]
+            labels = torch.tensor(self.classes).repeat_interleave(n)
+            seeds = [s * 10**6 + int(c) * 10**4 + i for c in self.classes for i in range(n)]
+            parts = [self._trajectories(labels[i:i + 64], seeds[i:i + 64]) for i in range(0, len(labels), 64)]
+            self._pool = (labels, torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+        return self._pool
+
+    def train(self, steps: int, callback: Callable[[int, float], None] | None = None) -> list[float]:
+        """Train until :attr:`step` reaches ``steps`` (continuing a loaded state); return the
+        losses of the steps taken. ``callback(step, loss)`` runs after each step."""
+        labels, states, plain = self._training_pool()
+        n, bs, losses = self.settings["pool"], self.settings["batch_size"], []
+        while self.step < steps:
+            rng = torch.Generator().manual_seed(self.settings["seed"] * 7919 + self.step)
+            pick = torch.cat([k * n + torch.randperm(n, generator=rng)[:bs] for k in range(len(self.classes))])
+            y = labels[pick].to(states.device)
+            images = self._changed(states[pick], y, self.estimator)
+            logits = self.model(images)
+            loss = attack_loss(logits, y, "cw", False, self.settings["kappa"])
+            loss = loss + self.settings["fidelity"] * (images - plain[pick]).flatten(1).pow(2).mean(1)
+            if self.guard is not None:
+                loss = loss + self.settings["guard_weight"] * keep_loss(self.guard(images), y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.mean().backward()
+            self.optimizer.step()
+            self._project()
+            self.step += 1
+            losses.append(loss.mean().item())
+            if callback is not None:
+                callback(self.step, losses[-1])
+        return losses
+
+    @torch.no_grad()
+    def _project(self) -> None:
+        bound = self.settings["bound"]
+        scale = (bound * self._norms / self.cond_offset.flatten(1).norm(dim=1).clamp_min(1e-12)).clamp(max=1)
+        self.cond_offset.mul_(scale.view(-1, *[1] * (self.cond_offset.ndim - 1)))
+        rms = self.latent_offset.flatten(1).pow(2).mean(1).sqrt()
+        self.latent_offset.mul_((bound / rms.clamp_min(1e-12)).clamp(max=1).view(-1, 1, 1, 1))
+
+    # ---- saving --------------------------------------------------------------------------------
+    def save(self, folder: str | Path) -> Path:
+        """Write the offsets and the optimizer state (safetensors) and the settings, step and
+        figures (JSON) to ``folder``, atomically; return the folder."""
+        from safetensors.torch import save
+
+        from sdo_adv.runs.io import atomic_write, write_text
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {"cond_offset": self.cond_offset.detach(), "latent_offset": self.latent_offset.detach()}
+        for i, state in self.optimizer.state_dict()["state"].items():
+            tensors.update({f"adam.{i}.{k}": v.reshape(-1) if k == "step" else v for k, v in state.items()})
+        with atomic_write(folder / OFFSETS) as f:
+            f.write(save({k: v.contiguous().cpu() for k, v in tensors.items()}))
+        write_text(folder / SETTINGS, json.dumps({"settings": self.settings, "step": self.step,
+                                                   "figures": self.figures}, indent=2) + "\n")
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path, model: torch.nn.Module, generator: DiffusionGenerator | str,
+             **overrides: Any) -> "UniversalSDO":
+        """A trainer with the settings, offsets, optimizer state and step saved in ``folder``."""
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        for name in (SETTINGS, OFFSETS):
+            if not (folder / name).is_file():
+                raise FileNotFoundError(f"{folder / name} is missing: not a UniversalSDO folder")
+        saved = json.loads((folder / SETTINGS).read_text())
+        settings = {k: v for k, v in saved["settings"].items() if k != "num_inference_steps"}
+        universal = cls(model, generator, **{**settings, **overrides})
+        tensors = load_file(str(folder / OFFSETS), device=str(universal.generator.device))
+        with torch.no_grad():
+            universal.cond_offset.copy_(tensors["cond_offset"])
+            universal.latent_offset.copy_(tensors["latent_offset"])
+        state = universal.optimizer.state_dict()
+        for key, value in tensors.items():
+            if key.startswith("adam."):
+                _, i, name = key.split(".")
+                state["state"].setdefault(int(i), {})[name] = value.cpu().reshape(()) if name == "step" else value
+        universal.optimizer.load_state_dict(state)
+        universal.step, universal.figures = int(saved["step"]), saved.get("figures", {})
+        return universal
