@@ -60,6 +60,9 @@ class Classes(click.ParamType):
               help="Each sample's noise derives from it, its class and its index.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="[default: cuda when available]")
 @click.option("--trust-pickle", is_flag=True, help="Load checkpoints that need arbitrary unpickling (trusted only).")
+@click.option("--universal", type=click.Path(exists=True, file_okay=False),
+              help="Folder of changes learned by `sdo-adv universal`: sample with them (one sampling pass per "
+                   "image, no per-image optimization; the attack options are then unused).")
 def generate(**values: object) -> None:
     """Generate adversarial images of classes from noise with SDOGenerate: PNGs named
     <class>_<index>.png with their plain draws in draws/, manifest.jsonl, summary.json,

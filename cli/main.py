@@ -6,6 +6,7 @@ import click
 from sdo_adv.cli.attack import attack, merge
 from sdo_adv.cli.evaluate import evaluate
 from sdo_adv.cli.generate import generate
+from sdo_adv.cli.universal import universal
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -75,6 +76,7 @@ main.add_command(attack)
 main.add_command(merge)
 main.add_command(evaluate)
 main.add_command(generate)
+main.add_command(universal)
 
 if __name__ == "__main__":
     main()

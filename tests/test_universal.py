@@ -1,6 +1,7 @@
 """UniversalSDO on tiny random-weight models: the changes touch only the conditioning, training
 lowers the loss, saving round-trips, a resumed run equals an uninterrupted one, bad inputs fail."""
 import hashlib
+import json
 
 import pytest
 import torch
@@ -85,3 +86,50 @@ def test_bad_inputs_are_clear_errors(models, tmp_path):
         universal.sample(torch.tensor([0, 2]), [1, 2])
     with pytest.raises(FileNotFoundError, match="universal.json is missing"):
         UniversalSDO.load(tmp_path, model, gen)
+
+
+# ---- the command line ------------------------------------------------------------------------
+from test_generate import assets, rows  # noqa: E402,F401  (the tiny DDPM folder and classifier file)
+
+
+def universal_args(assets, out, *extra):
+    return ["universal", "--classifier", f"{assets / 'net.py'}:create_model", "--generator", str(assets / "ddpm"),
+            "--out", str(out), "--classes", "0,1", "--pool", "4", "--batch-size", "2", "--depth", "0.5",
+            "--variable", "both", "--lr", "0.2", "--device", "cpu", "--eval-per-class", "2", *extra]
+
+
+def test_universal_cli_resumes_as_if_uninterrupted_and_generate_samples_with_it(assets, tmp_path):
+    from click.testing import CliRunner
+
+    from sdo_adv import load_classifier
+    from sdo_adv.cli.main import main
+    from sdo_adv.runs.attack_run import item_seed
+    from sdo_adv.runs.io import read_image, to_tensor, to_uint8
+
+    run = lambda *args: CliRunner().invoke(main, list(args))  # noqa: E731
+    res = run(*universal_args(assets, tmp_path / "u", "--train-steps", "2", "--checkpoint-every", "1"))
+    assert res.exit_code == 0, res.output
+    saved = json.loads((tmp_path / "u" / "universal.json").read_text())
+    assert saved["step"] == 2 and {"fooling_rate", "clean_accuracy", "images_per_second"} <= set(saved["figures"])
+    res = run(*universal_args(assets, tmp_path / "u", "--train-steps", "3"))
+    assert res.exit_code == 0 and "resuming at step 2 of 3" in res.output
+    assert run(*universal_args(assets, tmp_path / "whole", "--train-steps", "3")).exit_code == 0
+    model = load_classifier(f"{assets / 'net.py'}:create_model")
+    resumed, whole = (UniversalSDO.load(tmp_path / f, model, str(assets / "ddpm")) for f in ("u", "whole"))
+    assert resumed.step == whole.step == 3
+    assert torch.allclose(resumed.cond_offset, whole.cond_offset, atol=1e-6)
+    assert torch.allclose(resumed.latent_offset, whole.latent_offset, atol=1e-6)
+    res = run(*universal_args(assets, tmp_path / "u", "--train-steps", "3", "--bound", "0.1"))
+    assert res.exit_code == 2 and "bound: 0.5 -> 0.1" in res.output
+
+    out = tmp_path / "gen"
+    res = run("generate", "--classifier", f"{assets / 'net.py'}:create_model", "--generator", str(assets / "ddpm"),
+              "--out", str(out), "--classes", "1", "--per-class", "2", "--universal", str(tmp_path / "u"),
+              "--seed", "4", "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    written = rows(out)
+    assert [r["iterations"] for r in written] == [0, 0]
+    adv, _ = resumed.sample(torch.tensor([1, 1]), [item_seed(4, "1/0"), item_seed(4, "1/1")])
+    for r, image in zip(written, adv):
+        assert r["seed"] == item_seed(4, r["source"])
+        assert torch.equal(to_tensor(read_image(out / r["file"]), 1), to_uint8(image).float() / 255)

@@ -21,7 +21,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import metrics
-from ..attacks import SDOGenerate
+from ..attacks import SDOGenerate, UniversalSDO
+from ..attacks.universal import SETTINGS
 from ..distributed import Process, current_process
 from ..estimators import parse_estimator
 from ..generator import SOLVERS
@@ -73,6 +74,9 @@ class GenerateRunConfig:
     """A sample's seed derives from it, its class and its index (not its batch)."""
     device: str | None = None
     trust_pickle: bool = False
+    universal: str | None = None
+    """A folder of :class:`~sdo_adv.attacks.UniversalSDO` changes (``sdo-adv universal``): sample
+    with them, one sampling pass per image, instead of optimizing each image."""
 
     def __post_init__(self) -> None:
         for name in ("classifier", "generator", "out"):
@@ -104,6 +108,8 @@ class GenerateRunConfig:
         if self.device is not None:
             _choice(self, "device", DEVICES)
         object.__setattr__(self, "judges", tuple(self.judges))
+        if self.universal is not None and not (Path(self.universal) / SETTINGS).is_file():
+            raise RunError(f"{self.universal} holds no {SETTINGS}: not an `sdo-adv universal` folder", "universal")
         if self.classifier in self.judges or self.guard in (self.classifier, *self.judges):
             raise RunError("the attacked classifier, the guard and the judges must be different models", "judges")
         try:
@@ -153,7 +159,11 @@ class GenerateRun:
             for c in classes for i in range(config.per_class)], generator.image_channels, Counter({(size, size): 1}))
         self.prompts = run_prompts(config.generator, label_classes(config.classifier, config.class_names),
                                    self.dataset, stored, config.prompt_template, None, config.guidance_scale)
+        self.universal = self._universal(config, generator, classes)
         self.config = replace(config, classes=tuple(classes), guard=guard,
+                              universal=str(Path(config.universal).resolve()) if self.universal else None,
+                              guidance_scale=self.universal.settings["guidance_scale"] if self.universal
+                              else config.guidance_scale,
                               num_inference_steps=generator.num_inference_steps,
                               solver=config.solver or stored.get("solver", "ddim"))
         self._check_resume()
@@ -171,6 +181,20 @@ class GenerateRun:
                                   command="generate")
         self.manifest = Manifest(part_path(self.out, self.process.rank) if self.process.world > 1
                                  else self.out / MANIFEST)
+
+    def _universal(self, config: GenerateRunConfig, generator: Any, classes: tuple[int, ...]) -> UniversalSDO | None:
+        """The learned changes of ``config.universal`` (None without), checked to cover ``classes``."""
+        if config.universal is None:
+            return None
+        try:
+            universal = UniversalSDO.load(config.universal, self.classifier, generator)
+        except ValueError as err:
+            raise RunError(f"{config.universal}: {err}", "universal") from err
+        missing = sorted(set(classes) - set(universal.classes))
+        if missing:
+            raise RunError(f"{config.universal} has no change for classes {missing} (it has {universal.classes})",
+                           "classes")
+        return universal
 
     def _check_resume(self) -> None:
         if not (self.out / RUN).exists():
@@ -216,11 +240,17 @@ class GenerateRun:
         seeds = [item_seed(self.config.seed, it.source) for it in batch]
         prompts = self.prompts(batch) if self.prompts is not None else None
         self.attack.prompts = prompts
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*converting explicitly")
-            adv = self.attack.generate(labels, seeds)
-        result, channels = self.attack.last_result, self.dataset.channels
-        for image, draw, item in zip(adv, self.attack.last_draws, batch):
+        if self.universal is not None:
+            adv, draws = self.universal.sample(labels, seeds)
+            iterations, failures = [0] * len(batch), [None] * len(batch)
+        else:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*converting explicitly")
+                adv = self.attack.generate(labels, seeds)
+            draws, result = self.attack.last_draws, self.attack.last_result
+            iterations, failures = result.iterations.tolist(), result.failure
+        channels = self.dataset.channels
+        for image, draw, item in zip(adv, draws, batch):
             save_png(draw, item.path)
             save_png(image, self.out / item.name)
         saved = torch.stack([to_tensor(read_image(self.out / it.name), channels) for it in batch])
@@ -237,8 +267,8 @@ class GenerateRun:
                  "seed": seeds[i], "prompt": prompts[i] if prompts else None, "target": None,
                  "pred_before": int(pred_before[i]), "pred_after": int(pred[i]), "success": bool(success[i]),
                  "judge_preds": {k: int(v[i]) for k, v in judged.items()}, "natural": bool(natural[i]),
-                 **{k: v[i] for k, v in measured.items()}, "iterations": int(result.iterations[i]),
-                 "failure": result.failure[i], "seconds": seconds}
+                 **{k: v[i] for k, v in measured.items()}, "iterations": iterations[i],
+                 "failure": failures[i], "seconds": seconds}
                 for i, it in enumerate(batch)]
 
     def _say(self, message: str) -> None:

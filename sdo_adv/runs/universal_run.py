@@ -1,0 +1,109 @@
+"""Training per-class universal changes into a folder (resumable from its checkpoint), then
+measuring them on held-out seeds: the application layer of :class:`~sdo_adv.attacks.UniversalSDO`."""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..attacks import UniversalSDO
+from ..attacks.universal import SETTINGS
+from ..judging import attack_success, judge_predictions, natural_success
+from ..loading import check_classifier_spec, load_classifier, load_generator
+from .attack_run import _load, item_seed
+from .errors import RunError
+
+TRAINING = ("variable", "depth", "bound", "lr", "batch_size", "pool", "fidelity", "kappa", "estimator",
+            "guidance_scale", "seed")
+
+
+class UniversalRun:
+    """``sdo-adv universal``: checks and loads (raising :class:`RunError` before any sampling),
+    then :meth:`execute` trains to ``train_steps`` with a checkpoint every ``checkpoint_every``
+    steps, and evaluates ``eval_per_class`` held-out seeds per class (the seeds ``sdo-adv
+    generate --seed <seed>`` gives its samples)."""
+
+    def __init__(self, classifier: str, generator: str, out: str, classes: Sequence[int] | None = None,
+                 train_steps: int = 100, checkpoint_every: int = 10, judges: Sequence[str] = (),
+                 eval_per_class: int = 20, guard: str = "none", device: str | None = None, trust_pickle: bool = False,
+                 notice: Callable[[str], None] = print, **training: Any) -> None:
+        self.out, self.notice = Path(out).resolve(), notice
+        self.train_steps, self.checkpoint_every, self.eval_per_class = train_steps, checkpoint_every, eval_per_class
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        specs = [(classifier, "classifier"), *[(j, "judges") for j in judges]] + ([(guard, "guard")] if guard != "none" else [])
+        if len({s for s, _ in specs}) != len(specs):
+            raise RunError("the classifier, the guard and the judges must be different models", "judges")
+        for spec, field in specs:
+            _load(lambda: check_classifier_spec(spec), field)
+        load = lambda spec, field: _load(lambda: load_classifier(spec, pretrained=True, trust_pickle=trust_pickle),  # noqa: E731
+                                         field).to(device).eval()
+        self.classifier = load(classifier, "classifier")
+        self.judges = {spec: load(spec, "judges") for spec in judges}
+        gen = _load(lambda: load_generator(generator), "generator").to(device)
+        n = self.classifier.num_classes
+        classes = list(classes) if classes is not None else list(range(n or 0))
+        if not classes or (n is not None and max(classes) >= n):
+            raise RunError(f"classes {classes} are not among the classifier's {n} classes [0, {n})", "classes")
+        guard_model = load(guard, "guard") if guard != "none" else None
+        try:
+            asked = {k: v for k, v in training.items() if k in TRAINING}
+            fresh = UniversalSDO(self.classifier, gen, classes, guard=guard_model, **asked)
+            self.universal = UniversalSDO.load(self.out, self.classifier, gen, guard=guard_model) \
+                if (self.out / SETTINGS).is_file() else fresh
+        except ValueError as err:
+            raise RunError(str(err)) from err
+        if self.universal is not fresh:
+            changed = [f"{k}: {self.universal.settings[k]!r} -> {fresh.settings[k]!r}" for k in (*TRAINING, "classes")
+                       if self.universal.settings[k] != fresh.settings[k]]
+            if changed:
+                raise RunError(f"{self.out} holds universal changes trained with other settings "
+                               f"({'; '.join(changed)}); use the same settings or another folder", "out")
+            self.notice(f"notice: resuming at step {self.universal.step} of {train_steps}")
+        self.universal.figures.setdefault("train_seconds", 0.0)
+        self.universal.figures.update({"classifier": classifier, "generator": generator, "guard": guard})
+
+    def execute(self) -> dict[str, Any]:
+        """Train, checkpointing, then evaluate; return the figures (also in ``universal.json``).
+        ``train_seconds`` adds up the sessions' training time, the training pool included."""
+        u, last = self.universal, [time.perf_counter()]
+
+        def checkpoint(step: int, _loss: float) -> None:
+            if step % self.checkpoint_every == 0 or step == self.train_steps:
+                now = time.perf_counter()
+                u.figures["train_seconds"] += now - last[0]
+                last[0] = now
+                u.save(self.out)
+
+        if u.step < self.train_steps:
+            u.train(self.train_steps, callback=checkpoint)
+        elif u.step > self.train_steps:
+            self.notice(f"notice: {self.out} was trained for {u.step} steps already, more than {self.train_steps}")
+        u.figures.update(self.evaluate())
+        u.save(self.out)
+        return u.figures
+
+    def evaluate(self) -> dict[str, Any]:
+        """Fooling rate (of the plain draws the classifier reads as their class), judge
+        agreement, mean L2 to the draw and sampling speed on held-out seeds."""
+        u, k = self.universal, self.eval_per_class
+        if k == 0:
+            return {}
+        labels = torch.tensor(u.classes).repeat_interleave(k)
+        seeds = [item_seed(u.settings["seed"], f"{c}/{i}") for c in u.classes for i in range(k)]
+        started = time.perf_counter()
+        adv, draws = u.sample(labels, seeds)
+        seconds = time.perf_counter() - started
+        with torch.no_grad():
+            before, after = (self.classifier(x).argmax(1).cpu() for x in (draws, adv))
+        success = attack_success(before, after, labels)
+        correct = before == labels
+        natural = natural_success(success, labels, judge_predictions(self.judges, adv))
+        figures = {"eval_per_class": k, "clean_accuracy": correct.float().mean().item(),
+                   "fooling_rate": (success.sum() / correct.sum().clamp(min=1)).item(),
+                   "judge_agreement": natural[success].float().mean().item() if self.judges and success.any() else None,
+                   "mean_l2": (adv - draws).flatten(1).norm(dim=1).cpu()[success].mean().item() if success.any() else None,
+                   "images_per_second": len(labels) / seconds, "train_steps": u.step}
+        return figures
