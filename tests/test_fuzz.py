@@ -28,7 +28,7 @@ from sdo_adv import load_classifier
 from sdo_adv.attacks import SDOAttack
 from sdo_adv.cli.main import main
 from sdo_adv.runs.io import IMAGE_EXTENSIONS
-from tiny import NUM_CLASSES, TinyClassifier, ddpm_scheduler, pixel_generator, tiny_unet
+from tiny import NUM_CLASSES, TinyClassifier, pixel_generator, save_tiny_ddpm
 
 FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -246,11 +246,7 @@ GOOD_LABELS = ("0", "1", "2", "3", " 2 ", "03", "٣")
 def assets(tmp_path_factory):
     """A class-conditional DDPM folder (one sampling step) and a classifier factory file."""
     root = tmp_path_factory.mktemp("assets")
-    from diffusers import DDPMPipeline
-
-    torch.manual_seed(0)
-    DDPMPipeline(unet=tiny_unet(), scheduler=ddpm_scheduler()).save_pretrained(root / "ddpm")
-    (root / "ddpm" / "sdo_adv.json").write_text(json.dumps({"num_inference_steps": 1}))
+    save_tiny_ddpm(root, steps=1)
     (root / "net.py").write_text(NET)
     return root
 

@@ -13,7 +13,7 @@ from sdo_adv.distributed import Process
 from sdo_adv.frechet import frechet_distance, penultimate_features
 from sdo_adv.runs.generate_run import GenerateRun, GenerateRunConfig
 from test_cli import NET
-from tiny import NUM_CLASSES, NoSampling, TinyClassifier, ddpm_scheduler, tiny_models, tiny_unet
+from tiny import NUM_CLASSES, NoSampling, TinyClassifier, ddpm_scheduler, save_tiny_ddpm, tiny_models, tiny_unet
 
 models = pytest.fixture(name="models")(tiny_models)
 TINY = {"depth": 0.5, "lr": 0.1, "fidelity": 50.0, "fidelity_halflife": None, "steps": 4}
@@ -118,11 +118,7 @@ def test_frechet_distance_against_an_exact_gaussian_case():
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("gen_assets")
-    from diffusers import DDPMPipeline
-
-    torch.manual_seed(0)
-    DDPMPipeline(unet=tiny_unet(), scheduler=ddpm_scheduler()).save_pretrained(root / "ddpm")
-    (root / "ddpm" / "sdo_adv.json").write_text(json.dumps({"num_inference_steps": 3}))
+    save_tiny_ddpm(root, steps=3)
     (root / "net.py").write_text(NET)
     return root
 

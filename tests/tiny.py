@@ -48,6 +48,17 @@ def pixel_generator(steps: int = 5, guidance_scale: float = 2.0, solver: str = "
     return gen.to(dtype)
 
 
+def save_tiny_ddpm(root: Path, steps: int) -> Path:
+    """A seeded tiny class-conditional DDPM folder saved by ``save_pretrained`` under ``root``,
+    its ``sdo_adv.json`` storing ``steps`` sampling steps."""
+    from diffusers import DDPMPipeline
+
+    torch.manual_seed(0)
+    DDPMPipeline(unet=tiny_unet(), scheduler=ddpm_scheduler()).save_pretrained(root / "ddpm")
+    (root / "ddpm" / "sdo_adv.json").write_text(json.dumps({"num_inference_steps": steps}))
+    return root / "ddpm"
+
+
 def tiny_vae(channels: int = 3):
     from diffusers import AutoencoderKL
 

@@ -1,0 +1,128 @@
+"""Universal adversarial changes (UniversalSDO) per victim: fooling rate on fresh seeds, judge
+agreement, Frechet distance, sampling speed, transfer to the other victims; a trade-off over
+the size of the change.
+
+For each victim and each ``--bounds`` value, UniversalSDO learns one change per digit class
+(``--train-steps`` steps, training trajectories of its own seeds), then samples
+``--per-class`` fresh seeds per class never used in training (``100000 + i``, the seeds of
+``generate_quality.py``). Fooling is counted over the plain draws the victim reads as their
+class; the judge (never attacked, never in the loss) must still read the class; Frechet
+distances as in ``generate_quality.py``. Transfer: the share of the victim's successes that
+each other victim also misreads.
+
+    python benchmarks/universal_quality.py --victims sdo-adv:digits-mlp --bounds 0.25,0.5,1.0 \
+        --out benchmarks/results/universal_quality_cpu.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from generate_quality import FEATURES, heldout_features
+from natural_quality import JUDGE, VICTIMS, save
+from sdo_adv import load_classifier
+from sdo_adv.attacks import UniversalSDO
+from sdo_adv.frechet import frechet_distance, penultimate_features
+from sdo_adv.judging import attack_success, judge_predictions
+from sdo_adv.runs.report import fmt
+
+SEED = 100_000
+
+
+def run(victim: str, bound: float, a: argparse.Namespace, reference: torch.Tensor) -> dict:
+    model, judge = load_classifier(victim).eval(), {JUDGE: load_classifier(JUDGE).eval()}
+    universal = UniversalSDO(model, "sdo-adv:digits", range(10), variable=a.variable, depth=a.depth, bound=bound,
+                             batch_size=a.batch_size, pool=a.pool, fidelity=a.fidelity, lr=a.lr)
+    started = time.perf_counter()
+    losses = universal.train(a.train_steps)
+    train_seconds = time.perf_counter() - started
+    labels = torch.arange(10).repeat_interleave(a.per_class)
+    seeds = [SEED + i for i in range(len(labels))]
+    started, adv, draws = time.perf_counter(), [], []
+    for i in range(0, len(labels), 100):
+        x, d = universal.sample(labels[i:i + 100], seeds[i:i + 100])
+        adv.append(x)
+        draws.append(d)
+    sample_seconds = time.perf_counter() - started
+    adv, draws = torch.cat(adv), torch.cat(draws)
+    with torch.no_grad():
+        before, after = model(draws).argmax(1), model(adv).argmax(1)
+    success = attack_success(before, after, labels)
+    correct = before == labels
+    natural = success & (judge_predictions(judge, adv)[JUDGE] == labels)
+    features = load_classifier(FEATURES).eval()
+    fd = lambda x: frechet_distance(penultimate_features(features, x), reference) if len(x) > 1 else None  # noqa: E731
+    transfer = {}
+    for other in a.victims.split(","):
+        if other != victim and success.any():
+            with torch.no_grad():
+                transfer[other] = (load_classifier(other).eval()(adv[success]).argmax(1) != labels[success]).float().mean().item()
+    return {"victim": victim, "attack": f"{a.variable} bound={bound}", "bound": bound, "n": len(labels),
+            "clean_accuracy": correct.float().mean().item(),
+            "fooling_rate": (success.sum() / correct.sum().clamp(min=1)).item(),
+            "judge_agreement": natural[success].float().mean().item() if success.any() else None,
+            "natural_fooling_rate": (natural.sum() / correct.sum().clamp(min=1)).item(),
+            "mean_l2": (adv - draws).flatten(1).norm(dim=1)[success].mean().item() if success.any() else None,
+            "frechet_adversarial": fd(adv), "frechet_draws": fd(draws), "transfer": transfer,
+            "train_seconds": train_seconds, "loss_first_last": [losses[0], sum(losses[-5:]) / len(losses[-5:])],
+            "images_per_second": len(labels) / sample_seconds,
+            "settings": {**universal.settings, "train_steps": a.train_steps}}
+
+
+def markdown(rows: list[dict]) -> str:
+    pct = lambda v: fmt(None if v is None else 100 * v, ".1f")  # noqa: E731
+    lines = ["| victim | bound | fooling rate | judge agreement | natural fooling | mean L2 to draw "
+             "| Frechet adv. / draws | train s | images / s |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| `{r['victim'].removeprefix('sdo-adv:')}` | {r['bound']} | {pct(r['fooling_rate'])} "
+                     f"| {pct(r['judge_agreement'])} | {pct(r['natural_fooling_rate'])} | {fmt(r['mean_l2'], '.2f')} "
+                     f"| {fmt(r['frechet_adversarial'], '.2f')} / {fmt(r['frechet_draws'], '.2f')} "
+                     f"| {r['train_seconds']:.0f} | {r['images_per_second']:.1f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--victims", default=",".join(VICTIMS))
+    p.add_argument("--bounds", default="0.5")
+    p.add_argument("--variable", default="cond")
+    p.add_argument("--depth", type=float, default=0.3)
+    p.add_argument("--train-steps", type=int, default=60)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--pool", type=int, default=32)
+    p.add_argument("--fidelity", type=float, default=50.0)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--per-class", type=int, default=100)
+    p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
+    p.add_argument("--out", type=Path)
+    p.add_argument("--markdown", action="store_true")
+    a = p.parse_args()
+    if a.markdown:
+        print(markdown(json.loads(a.out.read_text())["rows"]))
+        return
+    torch.set_num_threads(a.threads)
+    settings = {"per_class": a.per_class, "judge": JUDGE, "features": FEATURES}
+    rows = json.loads(a.out.read_text())["rows"] if a.out and a.out.exists() and \
+        json.loads(a.out.read_text()).get("settings") == settings else []
+    reference = heldout_features()
+    for victim in a.victims.split(","):
+        for bound in (float(b) for b in a.bounds.split(",")):
+            if any((r["victim"], r["attack"]) == (victim, f"{a.variable} bound={bound}") for r in rows):
+                continue
+            row = {**run(victim, bound, a, reference), "command": " ".join(sys.argv)}
+            rows.append(row)
+            print(f"{victim:34s} {row['attack']:20s} fooling {row['fooling_rate']:.3f} judge keeps "
+                  f"{fmt(row['judge_agreement'], '.3f')} train {row['train_seconds']:.0f}s "
+                  f"{row['images_per_second']:.1f} img/s", flush=True)
+            if a.out:
+                rows = save(a.out, settings, row, a.threads)
+
+
+if __name__ == "__main__":
+    main()
