@@ -37,14 +37,14 @@ class UniversalSDO:
         model (nn.Module): classifier to fool; takes [0, 1] images at the generator's size.
         generator (DiffusionGenerator or str): the generator or a spec for :func:`sdo_adv.load_generator`.
         classes (sequence of int): the classes to learn changes for.
-        variable (str): ``"cond"``, ``"latent"`` or ``"both"``. (Default: ``"cond"``)
+        variable (str): ``"cond"``, ``"latent"`` or ``"both"``. (Default: ``"both"``)
         depth (float): fraction of the schedule, at its end, that the changes act on. (Default: 0.3)
-        bound (float): size of the changes (see above). (Default: 0.5)
-        lr (float): Adam learning rate. (Default: 0.05)
+        bound (float): size of the changes (see above). (Default: 0.35)
+        lr (float): Adam learning rate. (Default: 0.1)
         batch_size (int): fresh trajectories per class and training step. (Default: 4)
         pool (int): trajectories per class drawn once, up to ``depth``, that the batches are taken
-            from. (Default: 64)
-        fidelity (float): weight of the mean squared pixel error to the plain sample. (Default: 50.0)
+            from. (Default: 16)
+        fidelity (float): weight of the mean squared pixel error to the plain sample. (Default: 10.0)
         kappa (float): margin of the victim's ``cw`` loss. (Default: 0.0)
         guard (nn.Module or None): a classifier whose hinge keeps the class (see
             :class:`SDOAttack`). (Default: None)
@@ -55,13 +55,13 @@ class UniversalSDO:
 
     Examples::
         >>> universal = UniversalSDO(model, "sdo-adv:digits", classes=range(10))
-        >>> universal.train(100)
+        >>> universal.train(30)
         >>> images = universal.sample(torch.tensor([3, 7]), seeds=[10_000, 10_001])
     """
 
     def __init__(self, model: torch.nn.Module, generator: DiffusionGenerator | str, classes: Sequence[int],
-                 variable: str = "cond", depth: float = 0.3, bound: float = 0.5, lr: float = 0.05,
-                 batch_size: int = 4, pool: int = 64, fidelity: float = 50.0, kappa: float = 0.0,
+                 variable: str = "both", depth: float = 0.3, bound: float = 0.35, lr: float = 0.1,
+                 batch_size: int = 4, pool: int = 16, fidelity: float = 10.0, kappa: float = 0.0,
                  guard: torch.nn.Module | None = None, guard_weight: float = 1.0, estimator: str = "sdo",
                  guidance_scale: float | None = 2.0, seed: int = 0) -> None:
         gen = load_generator(generator)

@@ -87,24 +87,46 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def plot(rows: list[dict], path: Path) -> None:
+    """Fooling rate and judge agreement against the size of the change, one colour per victim."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for k, victim in enumerate(sorted({r["victim"] for r in rows})):
+        mine = sorted((r for r in rows if r["victim"] == victim), key=lambda r: r["bound"])
+        bounds = [r["bound"] for r in mine]
+        ax.plot(bounds, [r["fooling_rate"] for r in mine], "o-", color=f"C{k}", label=f"{victim} fooling")
+        ax.plot(bounds, [r["judge_agreement"] if r["judge_agreement"] is not None else float("nan") for r in mine],
+                "s--", color=f"C{k}", label=f"{victim} judge agreement")
+    ax.set(xlabel="bound (size of the change)", ylabel="share", ylim=(0, 1.02), xscale="log")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--victims", default=",".join(VICTIMS))
-    p.add_argument("--bounds", default="0.5")
-    p.add_argument("--variable", default="cond")
+    p.add_argument("--bounds", default="0.35")
+    p.add_argument("--variable", default="both")
     p.add_argument("--depth", type=float, default=0.3)
-    p.add_argument("--train-steps", type=int, default=60)
+    p.add_argument("--train-steps", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--pool", type=int, default=32)
-    p.add_argument("--fidelity", type=float, default=50.0)
-    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--pool", type=int, default=16)
+    p.add_argument("--fidelity", type=float, default=10.0)
+    p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--per-class", type=int, default=100)
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
     p.add_argument("--out", type=Path)
     p.add_argument("--markdown", action="store_true")
+    p.add_argument("--plot", type=Path, help="write the trade-off figure of --out's rows here and exit")
     a = p.parse_args()
-    if a.markdown:
-        print(markdown(json.loads(a.out.read_text())["rows"]))
+    if a.markdown or a.plot:
+        rows = json.loads(a.out.read_text())["rows"]
+        print(markdown(rows)) if a.markdown else plot(rows, a.plot)
         return
     torch.set_num_threads(a.threads)
     settings = {"per_class": a.per_class, "judge": JUDGE, "features": FEATURES}

@@ -13,18 +13,18 @@ from .generate import Classes
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Folder for offsets.safetensors and universal.json; re-running with it resumes training.")
 @click.option("--classes", default="all", show_default=True, type=Classes(), help="Classes to learn changes for.")
-@click.option("--train-steps", default=100, show_default=True, type=click.IntRange(1), help="Training steps in all.")
+@click.option("--train-steps", default=30, show_default=True, type=click.IntRange(1), help="Training steps in all.")
 @click.option("--batch-size", default=4, show_default=True, type=click.IntRange(1),
               help="Fresh trajectories per class and step.")
-@click.option("--variable", default="cond", show_default=True, type=click.Choice(["cond", "latent", "both"]),
+@click.option("--variable", default="both", show_default=True, type=click.Choice(["cond", "latent", "both"]),
               help="What changes: the class's conditioning embedding, the latent where the change starts, or both.")
 @click.option("--depth", default=0.3, show_default=True, type=click.FloatRange(0, 1, min_open=True),
               help="Fraction of the schedule, at its end, that the changes act on.")
-@click.option("--bound", default=0.5, show_default=True, type=click.FloatRange(0, min_open=True),
+@click.option("--bound", default=0.35, show_default=True, type=click.FloatRange(0, min_open=True),
               help="Size of the changes: conditioning offset norm / embedding norm, latent offset RMS.")
-@click.option("--lr", default=0.05, show_default=True, type=click.FloatRange(0, min_open=True))
-@click.option("--pool", default=64, show_default=True, type=click.IntRange(1), help="Training trajectories per class.")
-@click.option("--fidelity", default=50.0, show_default=True, type=click.FloatRange(0),
+@click.option("--lr", default=0.1, show_default=True, type=click.FloatRange(0, min_open=True))
+@click.option("--pool", default=16, show_default=True, type=click.IntRange(1), help="Training trajectories per class.")
+@click.option("--fidelity", default=10.0, show_default=True, type=click.FloatRange(0),
               help="Weight of the squared pixel distance to the plain sample of the same trajectory.")
 @click.option("--kappa", default=0.0, show_default=True, type=click.FloatRange(0), help="Margin of the cw loss.")
 @click.option("--guard", default="none", show_default=True, help="Classifier spec that must keep the class, or 'none'.")
