@@ -8,7 +8,7 @@ For each victim and each ``--bounds`` value, UniversalSDO learns one change per 
 ``generate_quality.py``). Fooling is counted over the plain draws the victim reads as their
 class; the judge (never attacked, never in the loss) must still read the class; Frechet
 distances as in ``generate_quality.py``. Transfer: the share of the victim's successes that
-each other victim also misreads.
+each other embedded victim also misreads.
 
     python benchmarks/universal_quality.py --victims sdo-adv:digits-mlp --bounds 0.25,0.5,1.0 \
         --out benchmarks/results/universal_quality_cpu.json
@@ -59,7 +59,7 @@ def run(victim: str, bound: float, a: argparse.Namespace, reference: torch.Tenso
     features = load_classifier(FEATURES).eval()
     fd = lambda x: frechet_distance(penultimate_features(features, x), reference) if len(x) > 1 else None  # noqa: E731
     transfer = {}
-    for other in a.victims.split(","):
+    for other in VICTIMS:
         if other != victim and success.any():
             with torch.no_grad():
                 transfer[other] = (load_classifier(other).eval()(adv[success]).argmax(1) != labels[success]).float().mean().item()
