@@ -1,0 +1,23 @@
+"""Tuning probe for UniversalSDO on one victim: train on its own seeds, then fool rate, judge
+agreement and L2 on 20 samples per class of seeds 500000 + i (not the report seeds).
+
+    python benchmarks/tune_universal.py sdo-adv:digits-mlp '{"variable":"both","bound":0.35}' 30
+
+Arguments: victim, JSON of UniversalSDO overrides, training steps[, number of classes].
+"""
+import sys, time, json, torch
+from sdo_adv import load_classifier, load_generator
+from sdo_adv.attacks import UniversalSDO
+from sdo_adv.judging import judge_predictions
+torch.set_num_threads(1)
+victim = sys.argv[1]; kw = json.loads(sys.argv[2]); steps = int(sys.argv[3]); classes = list(range(int(sys.argv[4]) if len(sys.argv) > 4 else 10))
+model = load_classifier(victim).eval(); judge = load_classifier("sdo-adv:digits-judge").eval()
+u = UniversalSDO(model, "sdo-adv:digits", classes, **kw)
+t = time.time(); losses = u.train(steps); tt = time.time() - t
+labels = torch.tensor(classes).repeat_interleave(20); seeds = [500000 + i for i in range(len(labels))]
+t = time.time(); adv, draws = u.sample(labels, seeds); ts = time.time() - t
+with torch.no_grad():
+    pb, pa = model(draws).argmax(1), model(adv).argmax(1)
+ok = (pb == labels) & (pa != labels)
+j = judge_predictions({"j": judge}, adv)["j"]
+print(victim, kw, steps, f"train {tt:.0f}s loss {losses[0]:.3f}->{sum(losses[-5:])/5:.3f} fool {ok.sum()/ (pb==labels).sum():.2f} judge {(j[ok]==labels[ok]).float().mean():.2f} L2 {(adv-draws).flatten(1).norm(dim=1)[ok].mean():.2f} sample {ts/len(labels)*1000:.0f} ms/img", flush=True)
