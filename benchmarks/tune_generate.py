@@ -3,7 +3,7 @@ adversarial images, L2, for N samples of seeds 1000 + i (not the report seeds).
 
     python benchmarks/tune_generate.py sdo-adv:digits-mlp '[0.3,0.5]' 30 '{"guidance_scale":2.0}'
 
-Arguments: victim, depth (JSON), N, JSON of overrides (``guidance_scale`` goes to the generator).
+Arguments: victim, depth (JSON), N, JSON of SDOGenerate overrides (``guidance_scale`` 2 unless given).
 """
 import sys, time, torch, json
 from sdo_adv import load_classifier, load_generator
@@ -12,10 +12,10 @@ from sdo_adv.judging import judge_predictions
 torch.set_num_threads(1)
 victim, depth, n = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
 kw = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
-gsc = kw.pop("guidance_scale", 1.0)
-model = load_classifier(victim).eval(); gen = load_generator("sdo-adv:digits", guidance_scale=gsc)
+gsc = kw.pop("guidance_scale", 2.0)
+model = load_classifier(victim).eval(); gen = load_generator("sdo-adv:digits")
 judge = load_classifier("sdo-adv:digits-judge").eval()
-a = SDOGenerate(model, gen, depth=tuple(depth) if isinstance(depth, list) else depth, **kw)
+a = SDOGenerate(model, gen, depth=tuple(depth) if isinstance(depth, list) else depth, guidance_scale=gsc, **kw)
 labels = torch.arange(n) % 10
 t = time.time(); adv = a.generate(labels, seeds=1000); dt = time.time() - t
 r = a.last_result
