@@ -120,7 +120,7 @@ def test_universal_cli_resumes_as_if_uninterrupted_and_generate_samples_with_it(
     assert torch.allclose(resumed.cond_offset, whole.cond_offset, atol=1e-6)
     assert torch.allclose(resumed.latent_offset, whole.latent_offset, atol=1e-6)
     res = run(*universal_args(assets, tmp_path / "u", "--train-steps", "3", "--bound", "0.1"))
-    assert res.exit_code == 2 and "bound: 0.5 -> 0.1" in res.output
+    assert res.exit_code == 2 and "bound: 0.35 -> 0.1" in res.output
 
     out = tmp_path / "gen"
     res = run("generate", "--classifier", f"{assets / 'net.py'}:create_model", "--generator", str(assets / "ddpm"),
