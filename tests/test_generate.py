@@ -175,3 +175,17 @@ def test_sharded_ranks_take_disjoint_samples_and_rank_zero_merges(assets, tmp_pa
     summary = rank0.execute(progress=False)
     assert summary["n"] == 4 and sorted(r["source"] for r in rows(tmp_path / "s")) == ["1/0", "1/1", "1/2", "1/3"]
     assert not list((tmp_path / "s").glob("manifest.rank*.jsonl"))
+
+
+def test_the_class_embedding_can_be_optimized_with_the_latent(models):
+    model, gen = models
+    attack = SDOGenerate(model, gen, **{**TINY, "optimize": "both"})
+    labels = torch.tensor([0, 1, 2, 3])
+    adv = attack.generate(labels, seeds=[11, 12, 13, 14])
+    r = attack.last_result
+    assert r.cond_embeds is not None and r.success.any()
+    plain = attack.generator.condition(labels).embeds
+    assert not torch.allclose(r.cond_embeds[r.success], plain[r.success])
+    replay = attack.generator.sample(r.latent, cond=attack.generator.condition(labels).replace(r.cond_embeds),
+                                     estimator="skip", start=r.start)
+    assert torch.allclose(replay, adv, atol=1e-5)
