@@ -14,6 +14,34 @@ from sdo_adv.imaging import check_labels
 from .sdo import SDOAttack
 
 
+def seeded_noise(generator: DiffusionGenerator, seeds: Sequence[int]) -> Tensor:
+    """Start noise ``(N, C, h, w)`` in ``generator``'s diffusion space, one seeded draw per
+    sample (on the CPU, so the same seed gives the same noise on every device and batch),
+    float64 for a float64 generator, else float32."""
+    work = torch.float64 if generator.dtype == torch.float64 else torch.float32
+    return torch.stack([torch.randn(noise_shape(generator), generator=torch.Generator().manual_seed(int(s)))
+                        for s in seeds]).to(device=generator.device, dtype=work)
+
+
+def noise_shape(generator: DiffusionGenerator) -> tuple[int, ...]:
+    """``(C, h, w)`` of one sample in ``generator``'s diffusion space."""
+    size = generator.unet.config.sample_size
+    return (generator.unet.config.in_channels, *((size, size) if isinstance(size, int) else size))
+
+
+def with_guidance(generator: DiffusionGenerator, guidance_scale: float | None) -> DiffusionGenerator:
+    """``generator``, or (for another ``guidance_scale``; None keeps its own) a shallow copy
+    sharing its networks with that guidance and, for a class-conditional UNet without one, the
+    last class embedding as the null class (as :class:`DiffusionGenerator` infers it)."""
+    if guidance_scale is None or guidance_scale == generator.guidance_scale:
+        return generator
+    gen = copy.copy(generator)
+    gen.guidance_scale = float(guidance_scale)
+    if gen.class_conditional and gen.null_class is None:
+        gen.null_class = gen.unet.config.num_class_embeds - 1
+    return gen
+
+
 class SDOGenerate(SDOAttack):
     r"""Adversarial images sampled from noise for given classes, with shortcut (SDO) gradients.
 
@@ -61,12 +89,7 @@ class SDOGenerate(SDOAttack):
         if not (gen.class_conditional or gen.text_conditional):
             raise ValueError("SDOGenerate needs a class- or text-conditional generator: an unconditional "
                              "one cannot sample a given class")
-        if guidance_scale is not None and guidance_scale != gen.guidance_scale:
-            gen = copy.copy(gen)  # shares the networks; the caller's generator keeps its guidance
-            gen.guidance_scale = float(guidance_scale)
-            if gen.class_conditional and gen.null_class is None:  # as DiffusionGenerator infers it
-                gen.null_class = gen.unet.config.num_class_embeds - 1
-            self.generator = gen
+        self.generator = with_guidance(gen, guidance_scale)
         self.shell = bool(shell)
         self.last_draws: Tensor | None = None
         self._states: dict[int, Tensor] | None = None
@@ -75,14 +98,8 @@ class SDOGenerate(SDOAttack):
         return super().__repr__().replace("SDOAttack(", "SDOGenerate(", 1)[:-1] + f", shell={self.shell})"
 
     def noise(self, seeds: Sequence[int]) -> Tensor:
-        """Start noise ``(N, C, h, w)`` in the generator's diffusion space, one seeded draw per
-        sample (on the CPU, so the same seed gives the same noise on every device and batch)."""
-        gen = self.generator
-        size = gen.unet.config.sample_size
-        shape = (gen.unet.config.in_channels, *((size, size) if isinstance(size, int) else size))
-        work = torch.float64 if gen.dtype == torch.float64 else torch.float32
-        return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s)))
-                            for s in seeds]).to(device=gen.device, dtype=work)
+        """The generator's :func:`seeded_noise` for ``seeds``."""
+        return seeded_noise(self.generator, seeds)
 
     def generate(self, labels: Tensor | Sequence[int], seeds: int | Sequence[int] = 0) -> Tensor:
         """Adversarial images for ``labels`` from the noise of ``seeds`` (see the class docstring)."""

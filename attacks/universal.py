@@ -2,7 +2,6 @@
 gradients, so that fresh samples of the class fool a classifier at the cost of one sampling pass."""
 from __future__ import annotations
 
-import copy
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -16,6 +15,8 @@ from sdo_adv.estimators import parse_estimator
 from sdo_adv.generator import DiffusionGenerator
 from sdo_adv.loading import load_generator
 from sdo_adv.losses import attack_loss, keep_loss
+
+from .generate import noise_shape, seeded_noise, with_guidance
 
 VARIABLES = ("cond", "latent", "both")
 OFFSETS, SETTINGS = "offsets.safetensors", "universal.json"
@@ -79,11 +80,7 @@ class UniversalSDO:
         if not 0 < bound or not 0 < depth <= 1 or batch_size < 1 or pool < batch_size:
             raise ValueError(f"need bound > 0, depth in (0, 1], batch_size >= 1 and pool >= batch_size; got "
                              f"{bound}, {depth}, {batch_size}, {pool}")
-        if guidance_scale is not None and guidance_scale != gen.guidance_scale:
-            gen = copy.copy(gen)  # shares the networks; the caller's generator keeps its guidance
-            gen.guidance_scale = float(guidance_scale)
-            if gen.class_conditional and gen.null_class is None:
-                gen.null_class = gen.unet.config.num_class_embeds - 1
+        gen = with_guidance(gen, guidance_scale)
         self.model, self.generator, self.guard = model, gen, guard
         self.estimator = parse_estimator(estimator)
         self.start = gen.start_index(float(depth))
@@ -94,28 +91,19 @@ class UniversalSDO:
             "kappa": float(kappa), "guard_weight": float(guard_weight), "estimator": self.estimator.name,
             "guidance_scale": gen.guidance_scale, "num_inference_steps": gen.num_inference_steps, "seed": int(seed)}
         self.step, self.figures = 0, {}
-        base = self._embeds(torch.tensor(self.classes)).detach()
+        base = gen.condition(labels=torch.tensor(self.classes, device=gen.device)).embeds.detach()
         self._norms = base.flatten(1).norm(dim=1)
-        shape = self._noise_shape()
         self.cond_offset = torch.zeros_like(base, requires_grad=True)
-        self.latent_offset = torch.zeros((len(self.classes), *shape), device=gen.device, requires_grad=True)
+        self.latent_offset = torch.zeros((len(self.classes), *noise_shape(gen)), device=gen.device, requires_grad=True)
         params = {"cond": [self.cond_offset], "latent": [self.latent_offset],
                   "both": [self.cond_offset, self.latent_offset]}[variable]
         self.optimizer = torch.optim.Adam(params, lr=lr)
         self._pool: tuple[Tensor, Tensor, Tensor] | None = None
 
     # ---- sampling ------------------------------------------------------------------------------
-    def _noise_shape(self) -> tuple[int, ...]:
-        size = self.generator.unet.config.sample_size
-        return (self.generator.unet.config.in_channels, *((size, size) if isinstance(size, int) else size))
-
-    def _embeds(self, labels: Tensor) -> Tensor:
-        return self.generator.condition(labels=labels.to(self.generator.device)).embeds
-
     def noise(self, seeds: Sequence[int]) -> Tensor:
-        """Seeded start noise ``(N, C, h, w)`` (drawn on the CPU, as :meth:`SDOGenerate.noise`)."""
-        return torch.stack([torch.randn(self._noise_shape(), generator=torch.Generator().manual_seed(int(s)))
-                            for s in seeds]).to(self.generator.device)
+        """The generator's :func:`~sdo_adv.attacks.generate.seeded_noise` for ``seeds``."""
+        return seeded_noise(self.generator, seeds)
 
     @torch.no_grad()
     def _trajectories(self, labels: Tensor, seeds: Sequence[int]) -> tuple[Tensor, Tensor]:
