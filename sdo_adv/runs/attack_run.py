@@ -10,7 +10,7 @@ import hashlib
 import json
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -74,9 +74,9 @@ class AttackRun:
         self._check_resume(config)
 
         self.device = torch.device(self.process.device if device == "cuda" else device)
-        self.classifier = self._classifier(config.classifier, "classifier", config.trust_pickle)
-        guard_model = None if guard == "none" else self._classifier(guard, "guard", config.trust_pickle)
-        self.judges = {spec: self._classifier(spec, "judges", config.trust_pickle) for spec in config.judges}
+        self.classifier = run_classifier(config.classifier, "classifier", self.device, config.trust_pickle)
+        guard_model = None if guard == "none" else run_classifier(guard, "guard", self.device, config.trust_pickle)
+        self.judges = {spec: run_classifier(spec, "judges", self.device, config.trust_pickle) for spec in config.judges}
         overrides = {k: getattr(config, k) for k in ("num_inference_steps", "guidance_scale", "solver")
                      if getattr(config, k) is not None}
         generator = _load(lambda: load_generator(config.generator, torch_dtype=getattr(torch, config.dtype),
@@ -149,11 +149,6 @@ class AttackRun:
                            "resume with the same settings or use another output folder", "out")
 
     # ---- checks once the models are loaded, before any compute ----------------------------------
-    def _classifier(self, spec: str, field: str, trust_pickle: bool) -> torch.nn.Module:
-        """A classifier, loaded as :func:`_load` says, on the run's device in eval mode."""
-        return _load(lambda: load_classifier(spec, pretrained=True, trust_pickle=trust_pickle),
-                     field).to(self.device).eval()
-
     def _check_classes(self, csv_targets: dict[str, int] | None,
                        generator: DiffusionGenerator) -> dict[str, int] | None:
         """Labels (and CSV targets) against the classifier's and generator's classes; the CSV
@@ -330,6 +325,22 @@ def random_target(label: int, num_classes: int, seed: int) -> int:
     """A class drawn uniformly from all but ``label`` (torchattacks' random-target rule)."""
     t = int(torch.randint(num_classes - 1, (1,), generator=torch.Generator().manual_seed(seed)))
     return t + (t >= label)
+
+
+def run_classifier(spec: str, field: str, device: torch.device, trust_pickle: bool) -> torch.nn.Module:
+    """A run's classifier (victim, guard or judge) ``spec``, loaded as :func:`_load` says for
+    the setting ``field``, on ``device`` in eval mode."""
+    return _load(lambda: load_classifier(spec, pretrained=True, trust_pickle=trust_pickle), field).to(device).eval()
+
+
+def run_classes(classes: Sequence[int] | None, num_classes: int | None) -> tuple[int, ...]:
+    """The classes a run asks for (None: all ``num_classes`` of the classifier), checked
+    against the classifier's; raises :class:`RunError` for ``classes``."""
+    chosen = tuple(classes) if classes is not None else tuple(range(num_classes or 0))
+    if not chosen or (num_classes is not None and max(chosen) >= num_classes):
+        raise RunError(f"classes {list(chosen)} are not among the classifier's {num_classes} classes "
+                       f"[0, {num_classes})", "classes")
+    return chosen
 
 
 def _load(factory: Callable[[], T], parameter: str) -> T:

@@ -27,8 +27,8 @@ from ..distributed import Process, current_process
 from ..estimators import parse_estimator
 from ..generator import SOLVERS
 from ..judging import attack_success, judge_predictions, natural_success
-from ..loading import check_classifier_spec, generator_settings, load_classifier, load_generator
-from .attack_run import _load, item_seed
+from ..loading import check_classifier_spec, generator_settings, load_generator
+from .attack_run import _load, item_seed, run_classes, run_classifier
 from .config import DEVICES, DTYPES, _choice, _integer, _number
 from .dataset import Dataset, Item
 from .errors import RunError
@@ -140,14 +140,9 @@ class GenerateRun:
             if spec != "none":
                 _load(lambda: check_classifier_spec(spec), field)
         self.device = torch.device(self.process.device if device == "cuda" else device)
-        load = lambda spec, field: _load(lambda: load_classifier(spec, pretrained=True, trust_pickle=config.trust_pickle),  # noqa: E731
-                                         field).to(self.device).eval()
-        self.classifier = load(config.classifier, "classifier")
-        self.judges = {spec: load(spec, "judges") for spec in config.judges}
-        n = self.classifier.num_classes
-        classes = config.classes if config.classes is not None else tuple(range(n or 0))
-        if not classes or (n is not None and max(classes) >= n):
-            raise RunError(f"classes {list(classes)} are not among the classifier's {n} classes [0, {n})", "classes")
+        self.classifier = run_classifier(config.classifier, "classifier", self.device, config.trust_pickle)
+        self.judges = {spec: run_classifier(spec, "judges", self.device, config.trust_pickle) for spec in config.judges}
+        classes = run_classes(config.classes, self.classifier.num_classes)
         overrides = {k: getattr(config, k) for k in ("num_inference_steps", "solver") if getattr(config, k) is not None}
         generator = _load(lambda: load_generator(config.generator, torch_dtype=getattr(torch, config.dtype),
                                                  **overrides), "generator").to(self.device)
@@ -169,7 +164,8 @@ class GenerateRun:
         self._check_resume()
         try:
             self.attack = SDOGenerate(
-                self.classifier, generator, guard=None if guard == "none" else load(guard, "guard"),
+                self.classifier, generator,
+                guard=None if guard == "none" else run_classifier(guard, "guard", self.device, config.trust_pickle),
                 **{k: getattr(config, k) for k in ("steps", "lr", "estimator", "depth", "fidelity", "fidelity_halflife",
                                                    "latent_bound", "shell", "guidance_scale")})
         except ValueError as err:

@@ -12,8 +12,8 @@ import torch
 from ..attacks import UniversalSDO
 from ..attacks.universal import SETTINGS
 from ..judging import attack_success, judge_predictions, natural_success
-from ..loading import check_classifier_spec, load_classifier, load_generator
-from .attack_run import _load, item_seed
+from ..loading import check_classifier_spec, load_generator
+from .attack_run import _load, item_seed, run_classes, run_classifier
 from .errors import RunError
 
 TRAINING = ("variable", "depth", "bound", "lr", "batch_size", "pool", "fidelity", "kappa", "estimator",
@@ -38,16 +38,11 @@ class UniversalRun:
             raise RunError("the classifier, the guard and the judges must be different models", "judges")
         for spec, field in specs:
             _load(lambda: check_classifier_spec(spec), field)
-        load = lambda spec, field: _load(lambda: load_classifier(spec, pretrained=True, trust_pickle=trust_pickle),  # noqa: E731
-                                         field).to(device).eval()
-        self.classifier = load(classifier, "classifier")
-        self.judges = {spec: load(spec, "judges") for spec in judges}
+        self.classifier = run_classifier(classifier, "classifier", device, trust_pickle)
+        self.judges = {spec: run_classifier(spec, "judges", device, trust_pickle) for spec in judges}
         gen = _load(lambda: load_generator(generator), "generator").to(device)
-        n = self.classifier.num_classes
-        classes = list(classes) if classes is not None else list(range(n or 0))
-        if not classes or (n is not None and max(classes) >= n):
-            raise RunError(f"classes {classes} are not among the classifier's {n} classes [0, {n})", "classes")
-        guard_model = load(guard, "guard") if guard != "none" else None
+        classes = list(run_classes(classes, self.classifier.num_classes))
+        guard_model = run_classifier(guard, "guard", device, trust_pickle) if guard != "none" else None
         try:
             asked = {k: v for k, v in training.items() if k in TRAINING}
             fresh = UniversalSDO(self.classifier, gen, classes, guard=guard_model, **asked)
