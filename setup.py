@@ -39,7 +39,8 @@ setup(
         "requests~=2.25.1",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-xdist", "hypothesis", "transformers>=4.40,<5", "scikit-image"],
+        "test": ["pytest>=7", "pytest-xdist", "hypothesis", "transformers>=4.40,<5", "scikit-image", "peft>=0.13"],
+        "lora": ["peft>=0.13"],  # UniversalSDO(variable="lora"); peft brings transformers
         "train": ["mlxtend>=0.23", "scikit-learn"],  # scikit-learn: the judge is fitted with it, then runs in torch
     },
     entry_points={"console_scripts": ["sdo-adv=sdo_adv.cli.main:main"]},

@@ -15,10 +15,12 @@ from sdo_adv.estimators import parse_estimator
 from sdo_adv.generator import DiffusionGenerator
 from sdo_adv.loading import load_generator
 from sdo_adv.losses import attack_loss, keep_loss
+from sdo_adv.lora import adapted, bound_adapters
 
 from .generate import noise_shape, seeded_noise, with_guidance
 
-VARIABLES = ("cond", "latent", "both")
+VARIABLES = ("cond", "latent", "both", "lora")
+LEARNING_RATES = {"cond": 0.1, "latent": 0.1, "both": 0.1, "lora": 0.003}
 OFFSETS, SETTINGS = "offsets.safetensors", "universal.json"
 
 
@@ -29,20 +31,25 @@ class UniversalSDO:
     to ``depth`` from the end (where the class and the shape are settled), then the last
     ``depth`` of the schedule with the class's learned changes: an offset of its conditioning
     embedding (``variable="cond"``), an offset added to the latent at that step
-    (``"latent"``), or both. Training draws batches of fresh trajectories of each class and
+    (``"latent"``), or both; or, with ``variable="lora"``, under a low-rank adapter of a copy
+    of the UNet (peft LoRA on its convolutions and attention projections), one adapter for
+    all the classes, which it tells apart through the UNet's conditioning. Training draws batches of fresh trajectories of each class and
     minimizes the victim's margin plus ``fidelity`` times the squared pixel distance to the
     plain sample of the same trajectory, with gradients from ``estimator`` (SDO by default);
     the changes stay within ``bound``: the conditioning offset's L2 norm at most ``bound``
-    times the class embedding's, the latent offset's RMS at most ``bound``.
+    times the class embedding's, the latent offset's RMS at most ``bound``, each adapted
+    layer's weight change at most ``bound`` times its weight (Frobenius norms).
 
     Arguments:
         model (nn.Module): classifier to fool; takes [0, 1] images at the generator's size.
         generator (DiffusionGenerator or str): the generator or a spec for :func:`sdo_adv.load_generator`.
         classes (sequence of int): the classes to learn changes for.
-        variable (str): ``"cond"``, ``"latent"`` or ``"both"``. (Default: ``"both"``)
+        variable (str): ``"cond"``, ``"latent"``, ``"both"`` or ``"lora"`` (needs the
+            ``lora`` extra, peft). (Default: ``"both"``)
         depth (float): fraction of the schedule, at its end, that the changes act on. (Default: 0.3)
         bound (float): size of the changes (see above). (Default: 0.35)
-        lr (float): Adam learning rate. (Default: 0.1)
+        lr (float or None): Adam learning rate; None: 0.1 for the offsets, 0.003 for the
+            adapter. (Default: None)
         batch_size (int): fresh trajectories per class and training step. (Default: 4)
         pool (int): trajectories per class drawn once, up to ``depth``, that the batches are taken
             from. (Default: 16)
@@ -54,6 +61,7 @@ class UniversalSDO:
         guidance_scale (float or None): classifier-free guidance (on a copy of the generator);
             None keeps the generator's. (Default: 2.0)
         seed (int): seeds of the training trajectories and batches. (Default: 0)
+        rank (int): the adapter's rank (``variable="lora"``). (Default: 4)
 
     Examples::
         >>> universal = UniversalSDO(model, "sdo-adv:digits", classes=range(10))
@@ -62,10 +70,10 @@ class UniversalSDO:
     """
 
     def __init__(self, model: torch.nn.Module, generator: DiffusionGenerator | str, classes: Sequence[int],
-                 variable: str = "both", depth: float = 0.3, bound: float = 0.35, lr: float = 0.1,
+                 variable: str = "both", depth: float = 0.3, bound: float = 0.35, lr: float | None = None,
                  batch_size: int = 4, pool: int = 16, fidelity: float = 10.0, kappa: float = 0.0,
                  guard: torch.nn.Module | None = None, guard_weight: float = 1.0, estimator: str = "sdo",
-                 guidance_scale: float | None = 2.0, seed: int = 0) -> None:
+                 guidance_scale: float | None = 2.0, seed: int = 0, rank: int = 4) -> None:
         gen = load_generator(generator)
         if not (gen.class_conditional or gen.text_conditional):
             raise ValueError("UniversalSDO needs a class- or text-conditional generator: an unconditional one "
@@ -81,6 +89,7 @@ class UniversalSDO:
             raise ValueError(f"need bound > 0, depth in (0, 1], batch_size >= 1 and pool >= batch_size; got "
                              f"{bound}, {depth}, {batch_size}, {pool}")
         gen = with_guidance(gen, guidance_scale)
+        lr = LEARNING_RATES[variable] if lr is None else lr
         self.model, self.generator, self.guard = model, gen, guard
         self.estimator = parse_estimator(estimator)
         self.start = gen.start_index(float(depth))
@@ -89,14 +98,17 @@ class UniversalSDO:
             "classes": self.classes, "variable": variable, "depth": float(depth), "bound": float(bound),
             "lr": float(lr), "batch_size": int(batch_size), "pool": int(pool), "fidelity": float(fidelity),
             "kappa": float(kappa), "guard_weight": float(guard_weight), "estimator": self.estimator.name,
-            "guidance_scale": gen.guidance_scale, "num_inference_steps": gen.num_inference_steps, "seed": int(seed)}
+            "guidance_scale": gen.guidance_scale, "num_inference_steps": gen.num_inference_steps, "seed": int(seed),
+            "rank": int(rank)}
         self.step, self.figures = 0, {}
         base = gen.condition(labels=torch.tensor(self.classes, device=gen.device)).embeds.detach()
         self._norms = base.flatten(1).norm(dim=1)
         self.cond_offset = torch.zeros_like(base, requires_grad=True)
         self.latent_offset = torch.zeros((len(self.classes), *noise_shape(gen)), device=gen.device, requires_grad=True)
+        # the tail of every trajectory runs on self._tail: the generator, or its adapted copy
+        self._tail, self.adapter = (adapted(gen, rank, seed) if variable == "lora" else (gen, {}))
         params = {"cond": [self.cond_offset], "latent": [self.latent_offset],
-                  "both": [self.cond_offset, self.latent_offset]}[variable]
+                  "both": [self.cond_offset, self.latent_offset], "lora": list(self.adapter.values())}[variable]
         self.optimizer = torch.optim.Adam(params, lr=lr)
         self._pool: tuple[Tensor, Tensor, Tensor] | None = None
 
@@ -122,8 +134,8 @@ class UniversalSDO:
         index = torch.tensor([self.classes.index(int(c)) for c in labels], device=states.device)
         cond = self.generator.condition(labels=labels.to(states.device))
         cond = cond.replace(cond.embeds + self.cond_offset[index])
-        return self.generator.sample(states + self.latent_offset[index], cond=cond, estimator=estimator,
-                                     start=self.start)
+        return self._tail.sample(states + self.latent_offset[index], cond=cond, estimator=estimator,
+                                 start=self.start)
 
     @torch.no_grad()
     def sample(self, labels: Tensor | Sequence[int], seeds: Sequence[int]) -> tuple[Tensor, Tensor]:
@@ -181,6 +193,8 @@ class UniversalSDO:
         self.cond_offset.mul_(scale.view(-1, *[1] * (self.cond_offset.ndim - 1)))
         rms = self.latent_offset.flatten(1).pow(2).mean(1).sqrt()
         self.latent_offset.mul_((bound / rms.clamp_min(1e-12)).clamp(max=1).view(-1, 1, 1, 1))
+        if self.adapter:
+            bound_adapters(self._tail.unet, bound)
 
     # ---- saving --------------------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:
@@ -190,7 +204,8 @@ class UniversalSDO:
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        tensors = {"cond_offset": self.cond_offset.detach(), "latent_offset": self.latent_offset.detach()}
+        tensors = {"cond_offset": self.cond_offset.detach(), "latent_offset": self.latent_offset.detach(),
+                   **{f"lora.{name}": p.detach() for name, p in self.adapter.items()}}
         for i, state in self.optimizer.state_dict()["state"].items():
             tensors.update({f"adam.{i}.{k}": v.reshape(-1) if k == "step" else v for k, v in state.items()})
         _replace(folder / OFFSETS, save({k: v.contiguous().cpu() for k, v in tensors.items()}))
@@ -215,6 +230,8 @@ class UniversalSDO:
         with torch.no_grad():
             universal.cond_offset.copy_(tensors["cond_offset"])
             universal.latent_offset.copy_(tensors["latent_offset"])
+            for name, p in universal.adapter.items():
+                p.copy_(tensors[f"lora.{name}"])
         state = universal.optimizer.state_dict()
         for key, value in tensors.items():
             if key.startswith("adam."):

@@ -20,4 +20,7 @@ with torch.no_grad():
     pb, pa = model(draws).argmax(1), model(adv).argmax(1)
 ok = (pb == labels) & (pa != labels)
 j = judge_predictions({"j": judge}, adv)["j"]
-print(victim, kw, steps, f"train {tt:.0f}s loss {losses[0]:.3f}->{sum(losses[-5:])/5:.3f} fool {ok.sum()/ (pb==labels).sum():.2f} judge {(j[ok]==labels[ok]).float().mean():.2f} L2 {(adv-draws).flatten(1).norm(dim=1)[ok].mean():.2f} sample {ts/len(labels)*1000:.0f} ms/img", flush=True)
+pool = torch.tensor(classes).repeat_interleave(4); pool_seeds = [u.settings["seed"] * 10**6 + int(c) * 10**4 + i for c in classes for i in range(4)]
+with torch.no_grad():
+    train_fool = (model(u.sample(pool, pool_seeds)[0]).argmax(1) != pool).float().mean()
+print(victim, kw, steps, f"fool on training seeds {train_fool:.2f}", f"train {tt:.0f}s loss {losses[0]:.3f}->{sum(losses[-5:])/5:.3f} fool {ok.sum()/ (pb==labels).sum():.2f} judge {(j[ok]==labels[ok]).float().mean():.2f} L2 {(adv-draws).flatten(1).norm(dim=1)[ok].mean():.2f} sample {ts/len(labels)*1000:.0f} ms/img", flush=True)

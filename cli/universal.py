@@ -16,13 +16,17 @@ from .generate import Classes
 @click.option("--train-steps", default=30, show_default=True, type=click.IntRange(1), help="Training steps in all.")
 @click.option("--batch-size", default=4, show_default=True, type=click.IntRange(1),
               help="Fresh trajectories per class and step.")
-@click.option("--variable", default="both", show_default=True, type=click.Choice(["cond", "latent", "both"]),
-              help="What changes: the class's conditioning embedding, the latent where the change starts, or both.")
+@click.option("--variable", default="both", show_default=True, type=click.Choice(["cond", "latent", "both", "lora"]),
+              help="What changes: the class's conditioning embedding, the latent where the change starts, both, "
+                   "or a low-rank adapter of the UNet shared by the classes (needs peft: the lora extra).")
 @click.option("--depth", default=0.3, show_default=True, type=click.FloatRange(0, 1, min_open=True),
               help="Fraction of the schedule, at its end, that the changes act on.")
 @click.option("--bound", default=0.35, show_default=True, type=click.FloatRange(0, min_open=True),
-              help="Size of the changes: conditioning offset norm / embedding norm, latent offset RMS.")
-@click.option("--lr", default=0.1, show_default=True, type=click.FloatRange(0, min_open=True))
+              help="Size of the changes: conditioning offset norm / embedding norm, latent offset RMS, "
+                   "adapted layer's weight change / weight.")
+@click.option("--lr", type=click.FloatRange(0, min_open=True),
+              help="Adam learning rate.  [default: 0.1 for the offsets, 0.003 for lora]")
+@click.option("--rank", default=4, show_default=True, type=click.IntRange(1), help="The adapter's rank (lora).")
 @click.option("--pool", default=16, show_default=True, type=click.IntRange(1), help="Training trajectories per class.")
 @click.option("--fidelity", default=10.0, show_default=True, type=click.FloatRange(0),
               help="Weight of the squared pixel distance to the plain sample of the same trajectory.")

@@ -21,11 +21,13 @@ def weights_hash(module):
     return h.hexdigest()
 
 
-@pytest.mark.parametrize("variable", ["cond", "latent", "both"])
+@pytest.mark.parametrize("variable", ["cond", "latent", "both", "lora"])
 def test_training_lowers_the_margin_on_fresh_seeds_and_changes_only_the_offsets(models, variable):
     model, gen = models
     before = weights_hash(gen.unet)
-    universal = UniversalSDO(model, gen, classes=[0, 1, 2], variable=variable, **TINY)
+    universal = UniversalSDO(model, gen, classes=[0, 1, 2], variable=variable,
+                             **{**TINY, "lr": 0.05 if variable == "lora" else TINY["lr"]})
+    adapter_before = {k: p.detach().clone() for k, p in universal.adapter.items()}
     labels, seeds = torch.tensor([0, 1, 2] * 4), list(range(100, 112))  # not training seeds
 
     def margin():
@@ -35,11 +37,16 @@ def test_training_lowers_the_margin_on_fresh_seeds_and_changes_only_the_offsets(
     untrained = margin()
     losses = universal.train(12)
     assert len(losses) == 12 and universal.step == 12
-    if variable != "cond":  # the tiny UNet's class embedding barely moves its output; the latent does
+    if variable == "lora":  # the tiny UNet's adapter moves fresh samples little; the training loss clearly falls
+        assert margin() < untrained and sum(losses[-4:]) < sum(losses[:4]) - 0.08
+    elif variable != "cond":  # the tiny UNet's class embedding barely moves its output; the latent does
         assert margin() < untrained - 0.05
     assert weights_hash(gen.unet) == before
-    moved = {"cond": universal.cond_offset.abs().sum() > 0, "latent": universal.latent_offset.abs().sum() > 0}
-    assert moved["cond"] == (variable != "latent") and moved["latent"] == (variable != "cond")
+    moved = {"cond": universal.cond_offset.abs().sum() > 0, "latent": universal.latent_offset.abs().sum() > 0,
+             "lora": any(not torch.equal(p, adapter_before[k]) for k, p in universal.adapter.items())}
+    assert moved == {"cond": variable in ("cond", "both"), "latent": variable in ("latent", "both"),
+                     "lora": variable == "lora"}
+    assert (len(adapter_before) > 0) == (variable == "lora")
     adv, draws = universal.sample(torch.tensor([0, 2]), seeds=[90, 91])
     assert adv.shape == draws.shape == (2, 1, 8, 8) and not torch.equal(adv, draws)
 
@@ -53,22 +60,47 @@ def test_offsets_stay_within_the_bound(models):
     assert (universal.latent_offset.flatten(1).pow(2).mean(1).sqrt() <= 0.05 + 1e-6).all()
 
 
-def test_save_load_round_trips_and_a_resumed_run_equals_an_uninterrupted_one(models, tmp_path):
+def test_adapters_stay_within_the_bound_and_leave_the_callers_unet_alone(models):
+    from sdo_adv.lora import relative_change
+
     model, gen = models
-    whole = UniversalSDO(model, gen, classes=[1, 3], variable="both", **TINY)
+    universal = UniversalSDO(model, gen, classes=[0, 1], variable="lora", **{**TINY, "bound": 0.01, "lr": 0.5})
+    assert universal._tail.unet is not gen.unet and universal.generator.unet is gen.unet
+    universal.train(3)
+    change = relative_change(universal._tail.unet)
+    assert change.max() <= 0.01 + 1e-6 and change.max() > 0.005  # the bound binds
+    assert not any("lora_" in name for name, _ in gen.unet.named_parameters())
+
+
+def test_an_untrained_adapter_samples_exactly_as_the_generator(models):
+    model, gen = models
+    plain = UniversalSDO(model, gen, classes=[0, 1], variable="latent", **TINY)
+    lora = UniversalSDO(model, gen, classes=[0, 1], variable="lora", **TINY)
+    a, draws_a = plain.sample(torch.tensor([0, 1]), [7, 8])
+    b, draws_b = lora.sample(torch.tensor([0, 1]), [7, 8])
+    assert torch.equal(a, b) and torch.equal(draws_a, draws_b)
+
+
+@pytest.mark.parametrize("variable", ["both", "lora"])
+def test_save_load_round_trips_and_a_resumed_run_equals_an_uninterrupted_one(models, tmp_path, variable):
+    model, gen = models
+    whole = UniversalSDO(model, gen, classes=[1, 3], variable=variable, **TINY)
     whole.train(6)
-    part = UniversalSDO(model, gen, classes=[1, 3], variable="both", **TINY)
+    part = UniversalSDO(model, gen, classes=[1, 3], variable=variable, **TINY)
     part.train(3)
     part.save(tmp_path / "u")
     loaded = UniversalSDO.load(tmp_path / "u", model, gen)
     assert loaded.step == 3 and torch.equal(loaded.cond_offset, part.cond_offset)
     assert torch.equal(loaded.latent_offset, part.latent_offset) and loaded.settings == part.settings
+    assert loaded.adapter.keys() == part.adapter.keys()
+    assert all(torch.equal(loaded.adapter[k], p) for k, p in part.adapter.items())
     a, _ = loaded.sample(torch.tensor([1, 3]), [5, 6])
     b, _ = part.sample(torch.tensor([1, 3]), [5, 6])
     assert torch.equal(a, b)
     loaded.train(6)
     assert torch.allclose(loaded.cond_offset, whole.cond_offset, atol=1e-6)
     assert torch.allclose(loaded.latent_offset, whole.latent_offset, atol=1e-6)
+    assert all(torch.allclose(loaded.adapter[k], p, atol=1e-6) for k, p in whole.adapter.items())
 
 
 def test_bad_inputs_are_clear_errors(models, tmp_path):
@@ -80,7 +112,7 @@ def test_bad_inputs_are_clear_errors(models, tmp_path):
     with pytest.raises(ValueError, match="distinct class indices"):
         UniversalSDO(model, gen, classes=[0, 7])
     with pytest.raises(ValueError, match="unknown variable"):
-        UniversalSDO(model, gen, classes=[0], variable="lora")
+        UniversalSDO(model, gen, classes=[0], variable="unet")
     universal = UniversalSDO(model, gen, classes=[0, 1], **TINY)
     with pytest.raises(ValueError, match=r"classes \[2\] have no learned change"):
         universal.sample(torch.tensor([0, 2]), [1, 2])

@@ -17,7 +17,7 @@ from .attack_run import _load, item_seed, run_classes, run_classifier
 from .errors import RunError
 
 TRAINING = ("variable", "depth", "bound", "lr", "batch_size", "pool", "fidelity", "kappa", "estimator",
-            "guidance_scale", "seed")
+            "guidance_scale", "seed", "rank")
 
 
 class UniversalRun:
@@ -48,8 +48,8 @@ class UniversalRun:
             fresh = UniversalSDO(self.classifier, gen, classes, guard=guard_model, **asked)
             self.universal = UniversalSDO.load(self.out, self.classifier, gen, guard=guard_model) \
                 if (self.out / SETTINGS).is_file() else fresh
-        except ValueError as err:
-            raise RunError(str(err)) from err
+        except (ValueError, ImportError) as err:
+            raise RunError(str(err), "variable" if isinstance(err, ImportError) else None) from err
         if self.universal is not fresh:
             changed = [f"{k}: {self.universal.settings[k]!r} -> {fresh.settings[k]!r}" for k in (*TRAINING, "classes")
                        if self.universal.settings[k] != fresh.settings[k]]
