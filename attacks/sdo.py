@@ -49,7 +49,7 @@ class SDOAttack(Attack):
         depth (float or int or sequence): inversion depth, a fraction of the schedule in (0, 1]
             or a start index; or increasing depths, tried in turn: the samples not yet
             successful after ``steps`` iterations at one depth start again, from their original
-            image, at the next (per-sample adaptive depth). (Default: ``(0.3, 0.5)``)
+            image, at the next (per-sample adaptive depth). (Default: ``(0.2, 0.5)``)
         loss (str): ``"cw"`` margin or ``"ce"``. (Default: ``"cw"``)
         kappa (float): confidence margin of the ``cw`` loss. (Default: 0.0)
         fidelity (float): weight of the mean squared pixel error to the original image
@@ -114,7 +114,7 @@ class SDOAttack(Attack):
 
     def __init__(self, model: torch.nn.Module, generator: DiffusionGenerator | str, steps: int = 50,
                  lr: float = 0.05, estimator: str | Estimator = "sdo",
-                 depth: float | int | Sequence[float | int] = (0.3, 0.5),
+                 depth: float | int | Sequence[float | int] = (0.2, 0.5),
                  loss: str = "cw", kappa: float = 0.0, fidelity: float = 200.0,
                  latent_bound: float | None = 1.0, optimize: str = "latent",
                  early_stop: bool = True, fidelity_halflife: float | None = 10.0,

@@ -20,7 +20,7 @@ from sdo_adv.lora import adapted, bound_adapters
 from .generate import noise_shape, seeded_noise, with_guidance
 
 VARIABLES = ("cond", "latent", "both", "lora")
-LEARNING_RATES = {"cond": 0.1, "latent": 0.1, "both": 0.1, "lora": 0.003}
+LEARNING_RATES = {"cond": 0.1, "latent": 0.1, "both": 0.1, "lora": 0.03}
 OFFSETS, SETTINGS = "offsets.safetensors", "universal.json"
 
 
@@ -48,7 +48,7 @@ class UniversalSDO:
             ``lora`` extra, peft). (Default: ``"both"``)
         depth (float): fraction of the schedule, at its end, that the changes act on. (Default: 0.3)
         bound (float): size of the changes (see above). (Default: 0.35)
-        lr (float or None): Adam learning rate; None: 0.1 for the offsets, 0.003 for the
+        lr (float or None): Adam learning rate; None: 0.1 for the offsets, 0.03 for the
             adapter. (Default: None)
         batch_size (int): fresh trajectories per class and training step. (Default: 4)
         pool (int): trajectories per class drawn once, up to ``depth``, that the batches are taken

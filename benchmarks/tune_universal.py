@@ -3,7 +3,8 @@ agreement and L2 on 20 samples per class of seeds 500000 + i (not the report see
 
     python benchmarks/tune_universal.py sdo-adv:digits-mlp '{"variable":"both","bound":0.35}' 30
 
-Arguments: victim, JSON of UniversalSDO overrides, training steps[, number of classes].
+Arguments: victim, JSON of UniversalSDO overrides (``guard`` as a classifier spec), training
+steps[, number of classes].
 """
 import sys, time, json, torch
 from sdo_adv import load_classifier, load_generator
@@ -12,6 +13,8 @@ from sdo_adv.judging import judge_predictions
 torch.set_num_threads(1)
 victim = sys.argv[1]; kw = json.loads(sys.argv[2]); steps = int(sys.argv[3]); classes = list(range(int(sys.argv[4]) if len(sys.argv) > 4 else 10))
 model = load_classifier(victim).eval(); judge = load_classifier("sdo-adv:digits-judge").eval()
+if "guard" in kw:  # a classifier spec
+    kw["guard"] = load_classifier(kw["guard"]).eval()
 u = UniversalSDO(model, "sdo-adv:digits", classes, **kw)
 t = time.time(); losses = u.train(steps); tt = time.time() - t
 labels = torch.tensor(classes).repeat_interleave(20); seeds = [500000 + i for i in range(len(labels))]
@@ -23,4 +26,4 @@ j = judge_predictions({"j": judge}, adv)["j"]
 pool = torch.tensor(classes).repeat_interleave(4); pool_seeds = [u.settings["seed"] * 10**6 + int(c) * 10**4 + i for c in classes for i in range(4)]
 with torch.no_grad():
     train_fool = (model(u.sample(pool, pool_seeds)[0]).argmax(1) != pool).float().mean()
-print(victim, kw, steps, f"fool on training seeds {train_fool:.2f}", f"train {tt:.0f}s loss {losses[0]:.3f}->{sum(losses[-5:])/5:.3f} fool {ok.sum()/ (pb==labels).sum():.2f} judge {(j[ok]==labels[ok]).float().mean():.2f} L2 {(adv-draws).flatten(1).norm(dim=1)[ok].mean():.2f} sample {ts/len(labels)*1000:.0f} ms/img", flush=True)
+print(victim, sys.argv[2], steps, f"fool on training seeds {train_fool:.2f}", f"train {tt:.0f}s loss {losses[0]:.3f}->{sum(losses[-5:])/5:.3f} fool {ok.sum()/ (pb==labels).sum():.2f} judge {(j[ok]==labels[ok]).float().mean():.2f} L2 {(adv-draws).flatten(1).norm(dim=1)[ok].mean():.2f} sample {ts/len(labels)*1000:.0f} ms/img", flush=True)

@@ -117,7 +117,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--pool", type=int, default=16)
     p.add_argument("--fidelity", type=float, default=10.0)
-    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--lr", type=float, default=None, help="default: UniversalSDO's for the variable")
     p.add_argument("--per-class", type=int, default=100)
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
     p.add_argument("--out", type=Path)

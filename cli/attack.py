@@ -86,7 +86,7 @@ def resolve_options(ctx: click.Context, values: dict[str, Any]) -> dict[str, Any
 @click.option("--steps", default=50, show_default=True, type=click.IntRange(1), help="Attack iterations.")
 @click.option("--lr", default=0.05, show_default=True, type=click.FloatRange(0, min_open=True),
               help="Adam learning rate on the latent.")
-@click.option("--depth", default=(0.3, 0.5), show_default="0.3,0.5", type=Depths(),
+@click.option("--depth", default=(0.2, 0.5), show_default="0.2,0.5", type=Depths(),
               help="Inversion depth, a fraction of the sampling schedule; or increasing depths, comma-separated: "
                    "images not yet fooled at one depth start again at the next.")
 @click.option("--fidelity", default=200.0, show_default=True, type=click.FloatRange(0),

@@ -25,7 +25,7 @@ from .generate import Classes
               help="Size of the changes: conditioning offset norm / embedding norm, latent offset RMS, "
                    "adapted layer's weight change / weight.")
 @click.option("--lr", type=click.FloatRange(0, min_open=True),
-              help="Adam learning rate.  [default: 0.1 for the offsets, 0.003 for lora]")
+              help="Adam learning rate.  [default: 0.1 for the offsets, 0.03 for lora]")
 @click.option("--rank", default=4, show_default=True, type=click.IntRange(1), help="The adapter's rank (lora).")
 @click.option("--pool", default=16, show_default=True, type=click.IntRange(1), help="Training trajectories per class.")
 @click.option("--fidelity", default=10.0, show_default=True, type=click.FloatRange(0),

@@ -115,7 +115,7 @@ def test_outputs_and_manifest(assets, attacked):
     assert "| 8 |" in report and "success rate" in report and "## Skipped files (0)" in report
     run = json.loads((out / "run.json").read_text())
     assert run["config"]["steps"] == 1 and run["config"]["num_inference_steps"] == 2
-    assert run["config"]["lr"] == 0.05 and run["config"]["guidance_scale"] == 1.0 and run["config"]["depth"] == [0.3, 0.5]
+    assert run["config"]["lr"] == 0.05 and run["config"]["guidance_scale"] == 1.0 and run["config"]["depth"] == [0.2, 0.5]
     assert run["config"]["fidelity"] == 200.0 and run["config"]["fidelity_halflife"] == 10.0
     assert set(run["config"]) == {f.name for f in dataclasses.fields(AttackRunConfig)}
     summary = json.loads((out / "summary.json").read_text())

@@ -55,7 +55,7 @@ class AttackRunConfig:
     """Attack iterations."""
     lr: float = 0.05
     """Adam learning rate on the latent."""
-    depth: tuple[float, ...] = (0.3, 0.5)
+    depth: tuple[float, ...] = (0.2, 0.5)
     """Inversion depths, increasing fractions of the sampling schedule in (0, 1]: images not
     yet fooled at one depth start again at the next (a single number is one depth)."""
     fidelity: float = 200.0
