@@ -3,6 +3,7 @@ gradients, so that fresh samples of the class fool a classifier at the cost of o
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -201,18 +202,15 @@ class UniversalSDO:
         figures (JSON) to ``folder``, each file replaced atomically; return the folder."""
         from safetensors.torch import save
 
-        from sdo_adv.runs.io import atomic_write, write_text
-
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {"cond_offset": self.cond_offset.detach(), "latent_offset": self.latent_offset.detach(),
                    **{f"lora.{name}": p.detach() for name, p in self.adapter.items()}}
         for i, state in self.optimizer.state_dict()["state"].items():
             tensors.update({f"adam.{i}.{k}": v.reshape(-1) if k == "step" else v for k, v in state.items()})
-        with atomic_write(folder / OFFSETS, durable=True) as f:
-            f.write(save({k: v.contiguous().cpu() for k, v in tensors.items()}))
-        write_text(folder / SETTINGS, json.dumps({"settings": self.settings, "step": self.step,
-                                                  "figures": self.figures}, indent=2) + "\n", durable=True)
+        _replace(folder / OFFSETS, save({k: v.contiguous().cpu() for k, v in tensors.items()}))
+        _replace(folder / SETTINGS, (json.dumps({"settings": self.settings, "step": self.step,
+                                                 "figures": self.figures}, indent=2) + "\n").encode())
         return folder
 
     @classmethod
@@ -243,3 +241,12 @@ class UniversalSDO:
         universal.step, universal.figures = int(saved["step"]), saved.get("figures", {})
         return universal
 
+
+def _replace(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename (a kill leaves the old file)."""
+    temp = path.with_name(f".{path.name}.tmp")
+    with temp.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temp, path)
