@@ -10,6 +10,7 @@ model>/<model name>``, a Python file ``path/to/file.py[:factory]`` whose factory
 """
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
 import re
@@ -180,10 +181,49 @@ def check_classifier_spec(spec: str | Path) -> None:
         if parts[0] not in ROBUSTBENCH_INPUT:
             raise ValueError(f"unknown robustbench dataset {parts[0]!r}; accepted: {', '.join(ROBUSTBENCH_INPUT)}")
     elif spec_s.split(":")[0].endswith(".py"):
-        if not Path(spec_s.split(":")[0]).is_file():
-            raise FileNotFoundError(f"classifier file not found: {spec_s.split(':')[0]}")
+        file, _, factory = spec_s.partition(":")
+        if not Path(file).is_file():
+            raise FileNotFoundError(f"classifier file not found: {file}")
+        _check_factory(Path(file), factory or "create_model")
     else:
         raise ValueError(f"unknown classifier spec {spec_s!r}; accepted forms: " + ", ".join(CLASSIFIER_FORMS))
+
+
+def _top_level_names(body: list[ast.stmt]) -> set[str] | None:
+    """Names a module body binds, looking into top-level ``if``/``try``/``with`` blocks;
+    ``None`` when it cannot be known without running it (``import *``, a module ``__getattr__``)."""
+    names: set[str] = set()
+    for node in body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            for alias in node.names:
+                if alias.name == "*":
+                    return None
+                names.add(alias.asname or alias.name.split(".")[0])
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+        else:
+            nested = [getattr(node, field, []) for field in ("body", "orelse", "finalbody")]
+            nested += [handler.body for handler in getattr(node, "handlers", [])]
+            for block in nested:
+                inner = _top_level_names(block)
+                if inner is None:
+                    return None
+                names |= inner
+    return None if "__getattr__" in names else names
+
+
+def _check_factory(path: Path, factory: str) -> None:
+    """Raise ValueError, before the file runs, when it cannot parse or binds no ``factory``."""
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    except (SyntaxError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid Python: {err}") from None
+    names = _top_level_names(tree.body)
+    if names is not None and factory not in names:
+        raise ValueError(f"{path} has no callable {factory!r} (name it with {path}:<function>)")
 
 
 def load_state_dict(path: str | Path, *, trust_pickle: bool = False) -> dict[str, torch.Tensor]:

@@ -258,3 +258,25 @@ def test_image_classifier_converts_and_normalizes():
     expected = net((torch.nn.functional.interpolate(gray.expand(-1, 3, -1, -1), size=(8, 8), mode="bilinear",
                                                     antialias=True) - 0.5) / 0.5)
     assert torch.allclose(clf(gray), expected, atol=1e-6)
+
+
+def test_python_file_factory_is_checked_before_the_file_runs(tmp_path):
+    from sdo_adv.loading import check_classifier_spec
+
+    ran = tmp_path / "ran"
+    (tmp_path / "net.py").write_text(f"open({str(ran)!r}, 'w').close()\n"
+                                     "import torch as create_alias\n"
+                                     "try:\n    from torch.nn import Linear as make\nexcept ImportError:\n    pass\n"
+                                     "if True:\n    def create_model():\n        return create_alias.nn.Identity()\n"
+                                     "built: object = None\n")
+    for factory in ("create_model", "make", "create_alias", "built"):
+        check_classifier_spec(f"{tmp_path / 'net.py'}:{factory}")
+    with pytest.raises(ValueError, match="no callable 'absent'"):
+        check_classifier_spec(f"{tmp_path / 'net.py'}:absent")
+    (tmp_path / "bad.py").write_text(f"open({str(ran)!r}, 'w').close()\ndef create_model(:\n")
+    with pytest.raises(ValueError, match="not valid Python"):
+        load_classifier(str(tmp_path / "bad.py"))
+    assert not ran.exists()
+    (tmp_path / "star.py").write_text("from torch.nn import *\n")  # names unknown until it runs
+    check_classifier_spec(f"{tmp_path / 'star.py'}:Identity")
+    assert isinstance(load_classifier(f"{tmp_path / 'star.py'}:Identity", input_size=(1, 2, 2)).model, torch.nn.Module)
