@@ -3,7 +3,6 @@ gradients, so that fresh samples of the class fool a classifier at the cost of o
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ import torch
 from torch import Tensor
 
 from sdo_adv.estimators import parse_estimator
+from sdo_adv.files import atomic_write, write_text
 from sdo_adv.generator import DiffusionGenerator
 from sdo_adv.loading import load_generator
 from sdo_adv.losses import attack_loss, keep_loss
@@ -208,9 +208,10 @@ class UniversalSDO:
                    **{f"lora.{name}": p.detach() for name, p in self.adapter.items()}}
         for i, state in self.optimizer.state_dict()["state"].items():
             tensors.update({f"adam.{i}.{k}": v.reshape(-1) if k == "step" else v for k, v in state.items()})
-        _replace(folder / OFFSETS, save({k: v.contiguous().cpu() for k, v in tensors.items()}))
-        _replace(folder / SETTINGS, (json.dumps({"settings": self.settings, "step": self.step,
-                                                 "figures": self.figures}, indent=2) + "\n").encode())
+        with atomic_write(folder / OFFSETS, durable=True) as f:
+            f.write(save({k: v.contiguous().cpu() for k, v in tensors.items()}))
+        write_text(folder / SETTINGS, json.dumps({"settings": self.settings, "step": self.step,
+                                                  "figures": self.figures}, indent=2) + "\n", durable=True)
         return folder
 
     @classmethod
@@ -241,12 +242,3 @@ class UniversalSDO:
         universal.step, universal.figures = int(saved["step"]), saved.get("figures", {})
         return universal
 
-
-def _replace(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename (a kill leaves the old file)."""
-    temp = path.with_name(f".{path.name}.tmp")
-    with temp.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temp, path)

@@ -28,7 +28,7 @@ from sdo_adv import load_classifier, load_generator
 from sdo_adv.attacks import AttackStep, SDOAttack
 from sdo_adv.data import load_digits
 from sdo_adv.metrics import l2, ssim
-from sdo_adv.runs.io import write_text
+from sdo_adv.files import write_text
 from sdo_adv.runs.report import fmt
 
 TARGET = "sdo-adv:digits-resnet18"

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from sdo_adv.runs.io import write_text
+from sdo_adv.files import write_text
 
 
 def build(embedded: bool, device: str, guidance: float):

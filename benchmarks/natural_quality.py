@@ -35,7 +35,7 @@ from sdo_adv.attacks import AttackStep, SDOAttack
 from sdo_adv.data import load_digits
 from sdo_adv.judging import attack_success, judge_predictions, natural_success
 from sdo_adv.metrics import l2
-from sdo_adv.runs.io import write_text
+from sdo_adv.files import write_text
 from sdo_adv.runs.report import fmt
 
 VICTIMS = ("sdo-adv:digits-resnet18", "sdo-adv:digits-mlp", "sdo-adv:digits-lenet", "sdo-adv:digits-test_efficientnet",

@@ -24,7 +24,7 @@ import torch
 from sdo_adv import load_generator
 from sdo_adv.data import load_digits
 from sdo_adv.picard import HOLDS, PicardSampler
-from sdo_adv.runs.io import write_text
+from sdo_adv.files import write_text
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ Arguments: victim, JSON of UniversalSDO overrides (``guard`` as a classifier spe
 steps[, number of classes].
 """
 import sys, time, json, torch
-from sdo_adv import load_classifier, load_generator
+from sdo_adv import load_classifier
 from sdo_adv.attacks import UniversalSDO
 from sdo_adv.judging import judge_predictions
 torch.set_num_threads(1)

@@ -42,7 +42,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from digits_data import SPLIT_SEED, load_split, to_unit
-from sdo_adv.runs.io import atomic_write
+from sdo_adv.files import atomic_write
 
 REPO = Path(__file__).resolve().parents[1]
 MEAN, STD = 0.5, 0.5

@@ -29,7 +29,8 @@ from ..loading import (UnsafeCheckpointError, check_classifier_spec, generator_s
 from .config import ATTACK_FIELDS, AttackRunConfig
 from .dataset import Item, read_csv, read_dataset
 from .errors import RunError
-from .io import clear_stale, inside, read_image, save_png, to_tensor, write_text
+from ..files import write_text
+from .io import clear_stale, inside, read_image, save_png, to_tensor
 from .manifest import MANIFEST, Manifest, finished_rows, part_path, run_lock
 from .masks import load_masks, mask_files
 from .prompts import label_classes, run_prompts, use_negative_prompt

@@ -16,7 +16,7 @@ from ..data import load_digits
 from ..judging import judge_agreement, judge_predictions, natural_success
 from ..loading import load_classifier, load_generator
 from .figures import save_grid
-from .io import atomic_write, write_text
+from ..files import atomic_write, write_text
 
 GENERATOR = "sdo-adv:digits"
 CLASSIFIER = "sdo-adv:digits-resnet18"

@@ -22,7 +22,8 @@ from .config import AttackRunConfig
 from .dataset import read_dataset
 from .errors import RunError
 from .figures import save_figure
-from .io import read_image, to_tensor, write_text
+from ..files import write_text
+from .io import read_image, to_tensor
 from .manifest import MANIFEST, PART_GLOB, Manifest
 from .prompts import recorded_synsets
 from .report import RUN, fmt, mean

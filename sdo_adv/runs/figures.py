@@ -6,7 +6,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from .io import atomic_write
+from ..files import atomic_write
 
 
 def save_grid(originals: Tensor, adversarials: Tensor, labels: Sequence[int], predictions: Sequence[int],

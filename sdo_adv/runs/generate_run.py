@@ -32,7 +32,8 @@ from .attack_run import _load, item_seed, run_classes, run_classifier
 from .config import DEVICES, DTYPES, _choice, _integer, _number
 from .dataset import Dataset, Item
 from .errors import RunError
-from .io import clear_stale, read_image, save_png, to_tensor, write_text
+from ..files import write_text
+from .io import clear_stale, read_image, save_png, to_tensor
 from .manifest import MANIFEST, Manifest, finished_rows, part_path, run_lock
 from .prompts import label_classes, run_prompts
 from .report import RUN, RunOutputs, versions

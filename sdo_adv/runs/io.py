@@ -1,56 +1,20 @@
-"""Files: atomic writes (the one helper), image decoding and PNG writing, output-name confinement.
-
-Every file a run writes goes through :func:`atomic_write`: a temporary ``.<name>.tmp`` beside
-the target, then ``os.replace``, so a killed process leaves either the old file or the new
-one, plus at most a temporary file that :func:`clear_stale` removes.
+"""Files: image decoding and PNG writing, output-name confinement, and the atomic writes of
+:mod:`sdo_adv.files` (every file a run writes goes through :func:`atomic_write`; a killed
+process leaves at most a temporary file, which :func:`clear_stale` removes).
 """
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
-from typing import IO
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from ..files import STALE_GLOB, atomic_write
 from ..imaging import convert_channels, resize
 from .errors import RunError
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
-STALE_GLOB = ".*.tmp"
-
-
-def temp_path(path: Path) -> Path:
-    """The temporary file :func:`atomic_write` writes before renaming it to ``path``."""
-    return path.with_name(f".{path.name}.tmp")
-
-
-@contextmanager
-def atomic_write(path: str | Path, mode: str = "wb", durable: bool = False) -> Iterator[IO]:
-    """Open a temporary file for writing; on a clean exit, replace ``path`` with it
-    (``durable``: flush and fsync first); on an error, remove it."""
-    path = Path(path)
-    tmp = temp_path(path)
-    try:
-        with tmp.open(mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-            yield f
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_text(path: str | Path, text: str, durable: bool = False) -> None:
-    """Write a text file atomically."""
-    with atomic_write(path, "w", durable) as f:
-        f.write(text)
-
-
 def clear_stale(folder: Path) -> None:
     """Remove the temporary files a killed process left in ``folder``."""
     for stale in folder.glob(STALE_GLOB):

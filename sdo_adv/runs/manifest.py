@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import RunError
-from .io import write_text
+from ..files import write_text
 
 MANIFEST = "manifest.jsonl"
 PART_GLOB = "manifest.rank*.jsonl"

@@ -18,7 +18,8 @@ from .config import AttackRunConfig
 from .dataset import Dataset, read_dataset
 from .errors import RunError
 from .figures import save_grid
-from .io import read_image, to_tensor, write_text
+from ..files import write_text
+from .io import read_image, to_tensor
 from .manifest import finished_rows, merge_manifests, run_lock
 from .prompts import recorded_synsets
 
