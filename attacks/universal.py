@@ -214,31 +214,40 @@ class UniversalSDO:
                                                   "figures": self.figures}, indent=2) + "\n", durable=True)
         return folder
 
-    @classmethod
-    def load(cls, folder: str | Path, model: torch.nn.Module, generator: DiffusionGenerator | str,
-             **overrides: Any) -> "UniversalSDO":
-        """A trainer with the settings, offsets, optimizer state and step saved in ``folder``."""
-        from safetensors.torch import load_file
-
+    @staticmethod
+    def saved_settings(folder: str | Path) -> dict[str, Any]:
+        """The settings saved in ``folder``; FileNotFoundError if it is not a UniversalSDO folder."""
         folder = Path(folder)
         for name in (SETTINGS, OFFSETS):
             if not (folder / name).is_file():
                 raise FileNotFoundError(f"{folder / name} is missing: not a UniversalSDO folder")
+        return json.loads((folder / SETTINGS).read_text())["settings"]
+
+    def restore(self, folder: str | Path) -> "UniversalSDO":
+        """Take the offsets, adapter, optimizer state, step and figures saved in ``folder`` (by a
+        trainer with this one's settings); return self."""
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
         saved = json.loads((folder / SETTINGS).read_text())
-        settings = {k: v for k, v in saved["settings"].items() if k != "num_inference_steps"}
-        universal = cls(model, generator, **{**settings, **overrides})
-        tensors = load_file(str(folder / OFFSETS), device=str(universal.generator.device))
+        tensors = load_file(str(folder / OFFSETS), device=str(self.generator.device))
         with torch.no_grad():
-            universal.cond_offset.copy_(tensors["cond_offset"])
-            universal.latent_offset.copy_(tensors["latent_offset"])
-            for name, p in universal.adapter.items():
+            self.cond_offset.copy_(tensors["cond_offset"])
+            self.latent_offset.copy_(tensors["latent_offset"])
+            for name, p in self.adapter.items():
                 p.copy_(tensors[f"lora.{name}"])
-        state = universal.optimizer.state_dict()
+        state = self.optimizer.state_dict()
         for key, value in tensors.items():
             if key.startswith("adam."):
                 _, i, name = key.split(".")
                 state["state"].setdefault(int(i), {})[name] = value.cpu().reshape(()) if name == "step" else value
-        universal.optimizer.load_state_dict(state)
-        universal.step, universal.figures = int(saved["step"]), saved.get("figures", {})
-        return universal
+        self.optimizer.load_state_dict(state)
+        self.step, self.figures = int(saved["step"]), saved.get("figures", {})
+        return self
 
+    @classmethod
+    def load(cls, folder: str | Path, model: torch.nn.Module, generator: DiffusionGenerator | str,
+             **overrides: Any) -> "UniversalSDO":
+        """A trainer with the settings, offsets, optimizer state and step saved in ``folder``."""
+        settings = {k: v for k, v in cls.saved_settings(folder).items() if k != "num_inference_steps"}
+        return cls(model, generator, **{**settings, **overrides}).restore(folder)

@@ -2,6 +2,7 @@
 lowers the loss, saving round-trips, a resumed run equals an uninterrupted one, bad inputs fail."""
 import hashlib
 import json
+import shutil
 
 import pytest
 import torch
@@ -153,6 +154,17 @@ def test_universal_cli_resumes_as_if_uninterrupted_and_generate_samples_with_it(
     assert torch.allclose(resumed.latent_offset, whole.latent_offset, atol=1e-6)
     res = run(*universal_args(assets, tmp_path / "u", "--train-steps", "3", "--bound", "0.1"))
     assert res.exit_code == 2 and "bound: 0.35 -> 0.1" in res.output
+    older = tmp_path / "older"  # saved before the "rank" setting existed: it had the default
+    shutil.copytree(tmp_path / "u", older)
+    saved = json.loads((older / "universal.json").read_text())
+    del saved["settings"]["rank"]
+    (older / "universal.json").write_text(json.dumps(saved))
+    res = run(*universal_args(assets, older, "--train-steps", "3", "--eval-per-class", "0"))
+    assert res.exit_code == 0 and "resuming at step 3 of 3" in res.output, res.output
+    assert run(*universal_args(assets, older, "--train-steps", "3", "--rank", "2")).exit_code == 2
+    (older / "offsets.safetensors").unlink()
+    res = run(*universal_args(assets, older, "--train-steps", "3"))
+    assert res.exit_code == 2 and "offsets.safetensors is missing" in res.output, res.output
 
     out = tmp_path / "gen"
     res = run("generate", "--classifier", f"{assets / 'net.py'}:create_model", "--generator", str(assets / "ddpm"),

@@ -2,6 +2,7 @@
 measuring them on held-out seeds: the application layer of :class:`~sdo_adv.attacks.UniversalSDO`."""
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -45,17 +46,22 @@ class UniversalRun:
         guard_model = run_classifier(guard, "guard", device, trust_pickle) if guard != "none" else None
         try:
             asked = {k: v for k, v in training.items() if k in TRAINING}
-            fresh = UniversalSDO(self.classifier, gen, classes, guard=guard_model, **asked)
-            self.universal = UniversalSDO.load(self.out, self.classifier, gen, guard=guard_model) \
-                if (self.out / SETTINGS).is_file() else fresh
+            self.universal = UniversalSDO(self.classifier, gen, classes, guard=guard_model, **asked)
         except (ValueError, ImportError) as err:
             raise RunError(str(err), "variable" if isinstance(err, ImportError) else None) from err
-        if self.universal is not fresh:
-            changed = [f"{k}: {self.universal.settings[k]!r} -> {fresh.settings[k]!r}" for k in (*TRAINING, "classes")
-                       if self.universal.settings[k] != fresh.settings[k]]
+        if (self.out / SETTINGS).is_file():
+            try:
+                saved = UniversalSDO.saved_settings(self.out)
+            except FileNotFoundError as err:
+                raise RunError(str(err), "out") from err
+            defaults = {k: p.default for k, p in inspect.signature(UniversalSDO).parameters.items()}
+            saved = {**{k: defaults[k] for k in TRAINING if k not in saved}, **saved}  # older folders: defaults
+            asked = self.universal.settings
+            changed = [f"{k}: {saved[k]!r} -> {asked[k]!r}" for k in (*TRAINING, "classes") if saved[k] != asked[k]]
             if changed:
                 raise RunError(f"{self.out} holds universal changes trained with other settings "
                                f"({'; '.join(changed)}); use the same settings or another folder", "out")
+            self.universal.restore(self.out)
             self.notice(f"notice: resuming at step {self.universal.step} of {train_steps}")
         self.universal.figures.setdefault("train_seconds", 0.0)
         self.universal.figures.update({"classifier": classifier, "generator": generator, "guard": guard})
