@@ -1,9 +1,10 @@
 """Universal changes against per-image generation at equal wall-clock, from measured rows.
 
 Reads the rows of ``universal_quality.py`` (training seconds, sampling images per second,
-natural fooling rate over the draws) and of ``generate_quality.py`` (seconds per image, natural
-success rate) for the same victims, and prints, per victim, the natural adversarial digits
-each way yields per second, the wall-clock after which the universal change (training
+natural fooling rate over the draws the victim reads correctly, clean accuracy) and of
+``generate_quality.py`` (seconds per image, natural success rate over the correctly read
+draws, clean accuracy) for the same victims, and prints, per victim, the natural adversarial
+digits (fooled, and kept by the judge) each way yields per second of all draws, the wall-clock after which the universal change (training
 included) has produced more of them, and the counts at a few time budgets. Nothing is
 re-measured: every figure is a measured row's, on the machine those files name.
 
@@ -22,8 +23,8 @@ BUDGETS = (600, 1800, 3600)  # seconds
 
 def rates(universal: dict, generate: dict) -> dict:
     """Natural adversarial digits per second: universal (after training) and per-image."""
-    u = universal["images_per_second"] * universal["natural_fooling_rate"]
-    g = generate["natural_success_rate"] / generate["seconds_per_image"]
+    u = universal["images_per_second"] * universal["natural_fooling_rate"] * universal["clean_accuracy"]
+    g = generate["natural_success_rate"] * generate["clean_accuracy"] / generate["seconds_per_image"]
     break_even = universal["train_seconds"] * u / (u - g) if u > g else None
     counts = {t: (max(0.0, t - universal["train_seconds"]) * u, t * g) for t in BUDGETS}
     return {"universal_per_s": u, "generate_per_s": g, "break_even_s": break_even, "counts": counts}

@@ -189,39 +189,49 @@ def check_classifier_spec(spec: str | Path) -> None:
         raise ValueError(f"unknown classifier spec {spec_s!r}; accepted forms: " + ", ".join(CLASSIFIER_FORMS))
 
 
-def _top_level_names(body: list[ast.stmt]) -> set[str] | None:
-    """Names a module body binds, looking into top-level ``if``/``try``/``with`` blocks;
-    ``None`` when it cannot be known without running it (``import *``, a module ``__getattr__``)."""
+RUNTIME_BINDERS = frozenset({"globals", "vars", "setattr", "exec", "eval", "__import__"})
+
+
+def _module_names(tree: ast.Module) -> set[str] | None:
+    """Names a module binds at its top level (in any block, not inside functions, classes or
+    lambdas); ``None`` when only running it can tell (``import *``, ``global``, a module
+    ``__getattr__``, ``globals()``, ``setattr``, ``exec``...)."""
+    if any(isinstance(node, ast.Global) for node in ast.walk(tree)):
+        return None
     names: set[str] = set()
-    for node in body:
+    stack: list[ast.AST] = list(tree.body)
+    while stack:
+        node = stack.pop()
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             names.add(node.name)
-        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            stack.extend(node.decorator_list)
+            continue
+        if isinstance(node, ast.Lambda):
+            continue
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
             for alias in node.names:
                 if alias.name == "*":
                     return None
                 names.add(alias.asname or alias.name.split(".")[0])
-        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            names |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
-        else:
-            nested = [getattr(node, field, []) for field in ("body", "orelse", "finalbody")]
-            nested += [handler.body for handler in getattr(node, "handlers", [])]
-            for block in nested:
-                inner = _top_level_names(block)
-                if inner is None:
-                    return None
-                names |= inner
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+        elif isinstance(node, (ast.ExceptHandler, ast.MatchAs, ast.MatchStar)) and node.name:
+            names.add(node.name)
+        elif isinstance(node, ast.MatchMapping) and node.rest:
+            names.add(node.rest)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in RUNTIME_BINDERS:
+            return None
+        stack.extend(ast.iter_child_nodes(node))
     return None if "__getattr__" in names else names
 
 
 def _check_factory(path: Path, factory: str) -> None:
     """Raise ValueError, before the file runs, when it cannot parse or binds no ``factory``."""
     try:
-        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    except (SyntaxError, UnicodeDecodeError) as err:
+        tree = ast.parse(path.read_bytes(), filename=str(path))
+    except (SyntaxError, ValueError) as err:
         raise ValueError(f"{path} is not valid Python: {err}") from None
-    names = _top_level_names(tree.body)
+    names = _module_names(tree)
     if names is not None and factory not in names:
         raise ValueError(f"{path} has no callable {factory!r} (name it with {path}:<function>)")
 

@@ -271,6 +271,19 @@ def test_python_file_factory_is_checked_before_the_file_runs(tmp_path):
                                      "built: object = None\n")
     for factory in ("create_model", "make", "create_alias", "built"):
         check_classifier_spec(f"{tmp_path / 'net.py'}:{factory}")
+    (tmp_path / "forms.py").write_bytes("\ufeff# coding: utf-8\nfor loop in range(1): pass\n"
+                                        "with open(__file__) as handle: pass\nif (walrus := 1): pass\n"
+                                        "try:\n    pass\nexcept Exception as caught:\n    pass\n"
+                                        "match 1:\n    case 1:\n        def in_case(): pass\n"
+                                        "    case {'k': 1, **rest}: pass\n"
+                                        "first, *others = [1, 2]\nimport os.path\n".encode())
+    for factory in ("loop", "handle", "walrus", "caught", "in_case", "rest", "others", "os"):
+        check_classifier_spec(f"{tmp_path / 'forms.py'}:{factory}")
+    with pytest.raises(ValueError, match="no callable 'path'"):
+        check_classifier_spec(f"{tmp_path / 'forms.py'}:path")
+    for dynamic in ("globals()['made'] = 1\n", "def f():\n    global made\n", "setattr(object, 'x', 1)\n"):
+        (tmp_path / "dynamic.py").write_text(dynamic)  # names only running it can tell
+        check_classifier_spec(f"{tmp_path / 'dynamic.py'}:made")
     with pytest.raises(ValueError, match="no callable 'absent'"):
         check_classifier_spec(f"{tmp_path / 'net.py'}:absent")
     (tmp_path / "bad.py").write_text(f"open({str(ran)!r}, 'w').close()\ndef create_model(:\n")

@@ -161,7 +161,12 @@ def test_universal_cli_resumes_as_if_uninterrupted_and_generate_samples_with_it(
     (older / "universal.json").write_text(json.dumps(saved))
     res = run(*universal_args(assets, older, "--train-steps", "3", "--eval-per-class", "0"))
     assert res.exit_code == 0 and "resuming at step 3 of 3" in res.output, res.output
-    assert run(*universal_args(assets, older, "--train-steps", "3", "--rank", "2")).exit_code == 2
+    res = run(*universal_args(assets, older, "--train-steps", "3", "--rank", "2"))
+    assert res.exit_code == 2 and "rank: 4 -> 2" in res.output, res.output
+    (older / "universal.json").write_text("{")
+    res = run(*universal_args(assets, older, "--train-steps", "3"))
+    assert res.exit_code == 2 and "not a readable UniversalSDO folder" in res.output, res.output
+    (older / "universal.json").write_text(json.dumps(saved))
     (older / "offsets.safetensors").unlink()
     res = run(*universal_args(assets, older, "--train-steps", "3"))
     assert res.exit_code == 2 and "offsets.safetensors is missing" in res.output, res.output

@@ -15,6 +15,8 @@ from ..imaging import convert_channels, resize
 from .errors import RunError
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
+
+
 def clear_stale(folder: Path) -> None:
     """Remove the temporary files a killed process left in ``folder``."""
     for stale in folder.glob(STALE_GLOB):

@@ -52,8 +52,8 @@ class UniversalRun:
         if (self.out / SETTINGS).is_file():
             try:
                 saved = UniversalSDO.saved_settings(self.out)
-            except FileNotFoundError as err:
-                raise RunError(str(err), "out") from err
+            except (FileNotFoundError, ValueError, KeyError) as err:  # missing, not JSON, no settings
+                raise RunError(f"{self.out} is not a readable UniversalSDO folder: {err}", "out") from err
             defaults = {k: p.default for k, p in inspect.signature(UniversalSDO).parameters.items()}
             saved = {**{k: defaults[k] for k in TRAINING if k not in saved}, **saved}  # older folders: defaults
             asked = self.universal.settings
