@@ -4,8 +4,9 @@ Reads the rows of ``universal_quality.py`` (training seconds, sampling images pe
 natural fooling rate over the draws the victim reads correctly, clean accuracy) and of
 ``generate_quality.py`` (seconds per image, natural success rate over the correctly read
 draws, clean accuracy) for the same victims, and prints, per victim, the natural adversarial
-digits (fooled, and kept by the judge) each way yields per second of all draws, the wall-clock after which the universal change (training
-included) has produced more of them, and the counts at a few time budgets. Nothing is
+digits (fooled, and kept by the judge) each way yields per second of all draws, the
+wall-clock after which the universal change (training included) has produced more of them,
+and the counts at a few time budgets. Nothing is
 re-measured: every figure is a measured row's, on the machine those files name.
 
     python benchmarks/universal_vs_generate.py \

@@ -1,9 +1,10 @@
 """Runs over datasets: the application layer above the engine and the attacks.
 
-``config`` (the typed settings), ``dataset`` (inputs), ``io`` (images, output names; atomic writes come from :mod:`sdo_adv.files`),
-``manifest`` (the resumable record), ``attack_run`` (the orchestrator), ``generate_run``
-(adversarial samples of classes), ``universal_run`` (training universal changes), ``report``
-(summary, report, grid), ``figures``, ``evaluation`` (transfer to other classifiers), ``demo``.
+``config`` (the typed settings), ``dataset`` (inputs), ``io`` (images, output names; atomic
+writes are :mod:`sdo_adv.files`), ``manifest`` (the resumable record), ``attack_run`` (the
+orchestrator), ``generate_run`` (adversarial samples of classes), ``universal_run`` (training
+universal changes), ``report`` (summary, report, grid), ``figures``, ``evaluation`` (transfer
+to other classifiers), ``demo``.
 """
 from .attack_run import AttackRun
 from .config import TARGET_MODES, AttackRunConfig

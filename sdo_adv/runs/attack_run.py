@@ -22,6 +22,7 @@ from .. import metrics
 from ..attacks import SDOAttack
 from ..distributed import Process, current_process
 from ..estimators import parse_estimator
+from ..files import write_text
 from ..generator import DiffusionGenerator
 from ..judging import attack_success, judge_predictions, natural_success
 from ..loading import (UnsafeCheckpointError, check_classifier_spec, generator_settings, load_classifier,
@@ -29,7 +30,6 @@ from ..loading import (UnsafeCheckpointError, check_classifier_spec, generator_s
 from .config import ATTACK_FIELDS, AttackRunConfig
 from .dataset import Item, read_csv, read_dataset
 from .errors import RunError
-from ..files import write_text
 from .io import clear_stale, inside, read_image, save_png, to_tensor
 from .manifest import MANIFEST, Manifest, finished_rows, part_path, run_lock
 from .masks import load_masks, mask_files

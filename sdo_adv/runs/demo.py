@@ -13,10 +13,10 @@ import torch
 from .. import metrics
 from ..attacks import SDOAttack
 from ..data import load_digits
+from ..files import atomic_write, write_text
 from ..judging import judge_agreement, judge_predictions, natural_success
 from ..loading import load_classifier, load_generator
 from .figures import save_grid
-from ..files import atomic_write, write_text
 
 GENERATOR = "sdo-adv:digits"
 CLASSIFIER = "sdo-adv:digits-resnet18"

@@ -16,13 +16,13 @@ import torch
 from torch import nn
 
 from .. import metrics
+from ..files import write_text
 from ..imaging import fit
 from ..loading import UnsafeCheckpointError, load_classifier
 from .config import AttackRunConfig
 from .dataset import read_dataset
 from .errors import RunError
 from .figures import save_figure
-from ..files import write_text
 from .io import read_image, to_tensor
 from .manifest import MANIFEST, PART_GLOB, Manifest
 from .prompts import recorded_synsets

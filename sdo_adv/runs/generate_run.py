@@ -25,6 +25,7 @@ from ..attacks import SDOGenerate, UniversalSDO
 from ..attacks.universal import SETTINGS
 from ..distributed import Process, current_process
 from ..estimators import parse_estimator
+from ..files import write_text
 from ..generator import SOLVERS
 from ..judging import attack_success, judge_predictions, natural_success
 from ..loading import check_classifier_spec, generator_settings, load_generator
@@ -32,7 +33,6 @@ from .attack_run import _load, item_seed, run_classes, run_classifier
 from .config import DEVICES, DTYPES, _choice, _integer, _number
 from .dataset import Dataset, Item
 from .errors import RunError
-from ..files import write_text
 from .io import clear_stale, read_image, save_png, to_tensor
 from .manifest import MANIFEST, Manifest, finished_rows, part_path, run_lock
 from .prompts import label_classes, run_prompts

@@ -13,8 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .errors import RunError
 from ..files import write_text
+from .errors import RunError
 
 MANIFEST = "manifest.jsonl"
 PART_GLOB = "manifest.rank*.jsonl"

@@ -13,12 +13,12 @@ from typing import Any
 
 import torch
 
+from ..files import write_text
 from ..imaging import fit
 from .config import AttackRunConfig
 from .dataset import Dataset, read_dataset
 from .errors import RunError
 from .figures import save_grid
-from ..files import write_text
 from .io import read_image, to_tensor
 from .manifest import finished_rows, merge_manifests, run_lock
 from .prompts import recorded_synsets
