@@ -41,7 +41,8 @@ class SDOAttack(Attack):
             its resolution by its ``input_mapping`` (resize, or zero-pad and crop back) and
             results converted back, differentiably, so success is judged on the returned image. (Default: the embedded digit generator is not implied.)
         steps (int): optimization iterations. (Default: 50)
-        lr (float): Adam learning rate on the latent. (Default: 0.05)
+        lr (float or sequence): Adam learning rate on the latent; or one rate per depth of
+            ``depth``. (Default: 0.05)
         estimator (str or Estimator): gradient estimator: ``sdo`` (= ``sdo:first``),
             ``sdo:last``, ``sdo:random``, ``sdo:<i>``, ``skip``, ``truncated:K``,
             ``checkpoint``, ``full``. ``gradient=`` is accepted as its former name.
@@ -113,7 +114,7 @@ class SDOAttack(Attack):
     """
 
     def __init__(self, model: torch.nn.Module, generator: DiffusionGenerator | str, steps: int = 50,
-                 lr: float = 0.05, estimator: str | Estimator = "sdo",
+                 lr: float | Sequence[float] = 0.05, estimator: str | Estimator = "sdo",
                  depth: float | int | Sequence[float | int] = (0.2, 0.5),
                  loss: str = "cw", kappa: float = 0.0, fidelity: float = 200.0,
                  latent_bound: float | None = 1.0, optimize: str = "latent",
@@ -147,11 +148,15 @@ class SDOAttack(Attack):
         if not depths or any(a < b for a, b in zip(starts, starts[1:])) or \
                 any(a >= b for a, b in zip(fractions, fractions[1:])):
             raise ValueError(f"depth must be one depth or a sequence of increasing depths, got {depth!r}")
-        # depths that round to the same start on a short schedule are one depth
-        self.depths = tuple(d for i, d in enumerate(depths) if i == 0 or starts[i] != starts[i - 1])
+        lrs = tuple(float(r) for r in lr) if isinstance(lr, (tuple, list)) else (float(lr),) * len(depths)
+        if len(lrs) != len(depths) or not all(0 < r < float("inf") for r in lrs):
+            raise ValueError(f"lr must be one rate > 0 or one per depth ({len(depths)}), got {lr!r}")
+        # depths that round to the same start on a short schedule are one depth (the first one's rate)
+        kept = [i for i in range(len(depths)) if i == 0 or starts[i] != starts[i - 1]]
+        self.depths, self.lrs = tuple(depths[i] for i in kept), tuple(lrs[i] for i in kept)
         for start in starts:
             self.estimator.check(self.generator.num_inference_steps - start)
-        self.steps, self.lr, self.depth = int(steps), float(lr), depth
+        self.steps, self.lr, self.depth = int(steps), lr, depth
         self.loss, self.kappa, self.fidelity = loss, float(kappa), float(fidelity)
         self.latent_bound, self.optimize, self.early_stop = latent_bound, optimize, bool(early_stop)
         if fidelity_halflife is not None and not fidelity_halflife > 0:
@@ -228,8 +233,8 @@ class SDOAttack(Attack):
             todo = (~(search.done | search.failed)).nonzero().squeeze(1)
             if todo.numel() == 0:
                 break
-            reconstruction[todo] = self._pass(search, images, labels, goal, cond, depth, todo, attackable,
-                                              k * (self.steps + 1), started).to(work)
+            reconstruction[todo] = self._pass(search, images, labels, goal, cond, depth, self.lrs[k], todo,
+                                              attackable, k * (self.steps + 1), started).to(work)
         out = search.best.to(device=in_device, dtype=in_dtype)
         returned = out.to(device=gen.device, dtype=work)
         with torch.no_grad():
@@ -248,9 +253,11 @@ class SDOAttack(Attack):
         return out
 
     def _pass(self, s: Search, images: Tensor, labels: Tensor, goal: Tensor, cond: Condition | None,
-              depth: float | int, todo: Tensor, attackable: Tensor, offset: int, started: float) -> Tensor:
-        """Optimize the ``todo`` samples from an inversion to ``depth`` for ``steps`` iterations
-        (iteration numbers shifted by ``offset``), updating ``s``; return their inversion error."""
+              depth: float | int, lr: float, todo: Tensor, attackable: Tensor, offset: int,
+              started: float) -> Tensor:
+        """Optimize the ``todo`` samples from an inversion to ``depth`` for ``steps`` iterations at
+        learning rate ``lr`` (iteration numbers shifted by ``offset``), updating ``s``; return
+        their inversion error."""
         gen, work = self.generator, images.dtype
         c, h, w = images.shape[1:]
         cond_t = cond.select(todo) if cond is not None else None
@@ -272,7 +279,7 @@ class SDOAttack(Attack):
                 s.best_cond = cond.embeds.detach().clone()
         if not params:
             raise ValueError("optimize='cond' needs a conditional generator")
-        opt = torch.optim.Adam(params, lr=self.lr)
+        opt = torch.optim.Adam(params, lr=lr)
         trajectory = self._picard.init_trajectory(z0, start, cond) if self._picard else None
         bar = tqdm(total=self.steps + 1, desc="SDOAttack", unit="it", disable=not self.progress)
         for it in range(self.steps + 1):

@@ -8,7 +8,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from .common import Depths, OptionalNumber, click_error
+from .common import Depths, OptionalNumber, Rates, click_error
 
 REQUIRED = ("classifier", "generator", "input", "out")
 CLI_ONLY = ("config",)
@@ -84,8 +84,8 @@ def resolve_options(ctx: click.Context, values: dict[str, Any]) -> dict[str, Any
 @click.option("--estimator", "--gradient", "estimator", default="sdo", show_default=True,
               help="Gradient estimator: sdo, sdo:last, sdo:random, sdo:<i>, skip, truncated:K, checkpoint, full.")
 @click.option("--steps", default=50, show_default=True, type=click.IntRange(1), help="Attack iterations.")
-@click.option("--lr", default=0.05, show_default=True, type=click.FloatRange(0, min_open=True),
-              help="Adam learning rate on the latent.")
+@click.option("--lr", default="0.05", show_default=True, type=Rates(),
+              help="Adam learning rate on the latent; or one per depth, comma-separated.")
 @click.option("--depth", default=(0.2, 0.5), show_default="0.2,0.5", type=Depths(),
               help="Inversion depth, a fraction of the sampling schedule; or increasing depths, comma-separated: "
                    "images not yet fooled at one depth start again at the next.")

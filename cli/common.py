@@ -44,6 +44,23 @@ class Depths(click.ParamType):
         return depths
 
 
+class Rates(click.ParamType):
+    """One learning rate, or one per depth, comma-separated numbers > 0."""
+
+    name = "lr[,lr...]"
+
+    def convert(self, value: object, param: click.Parameter | None,
+                ctx: click.Context | None) -> float | tuple[float, ...]:
+        parts = value if isinstance(value, (tuple, list)) else str(value).split(",")
+        try:
+            rates = tuple(float(p) for p in parts)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a comma-separated list of numbers", param, ctx)
+        if not rates or not all(r > 0 for r in rates):
+            self.fail(f"{value!r}: learning rates must be > 0", param, ctx)
+        return rates[0] if len(rates) == 1 else rates
+
+
 def click_error(err: ValueError, flags: Mapping[str, str] | None = None, **context: str) -> click.ClickException:
     """A click error for a :class:`sdo_adv.runs.RunError`: the option at fault is the flag
     ``flags`` gives for its parameter (else ``--<parameter>``); its remedy in command-line

@@ -326,6 +326,31 @@ def test_adaptive_depth_retries_only_the_failures_deeper(models):
         assert torch.allclose(gen.from_generator(again, 1, (8, 8)), adv[i:i + 1], atol=1e-5)
 
 
+def test_each_depth_has_its_own_learning_rate(models):
+    model, gen = models
+    images, labels = unfooled_batch(model, 8)
+    per_depth = tiny_sdo_attack(model, gen, steps=3, depth=(0.25, 1.0), lr=(0.05, 0.3))
+    adv = per_depth(images, labels)
+    first = tiny_sdo_attack(model, gen, steps=3, depth=0.25, lr=0.05)
+    adv_first = first(images, labels)
+    fooled = first.last_result.success
+    assert 0 < fooled.sum() < 8 and torch.equal(adv[fooled], adv_first[fooled])
+    rest = (~fooled).nonzero().squeeze(1)  # the second pass restarts them from their images at depth 1.0, rate 0.3
+    deep = tiny_sdo_attack(model, gen, steps=3, depth=1.0, lr=0.3)
+    adv_deep = deep(images[rest], labels[rest])
+    assert torch.allclose(adv[rest], adv_deep, atol=1e-5)
+    assert torch.equal(per_depth.last_result.success[rest], deep.last_result.success)
+    slow = tiny_sdo_attack(model, gen, steps=3, depth=1.0, lr=0.01)(images[rest], labels[rest])
+    assert not torch.allclose(adv_deep, slow, atol=1e-3)  # the rate matters at this depth
+
+
+@pytest.mark.parametrize("lr", [(0.05,), (0.05, 0.1, 0.2), (0.05, 0.0), (0.05, float("inf")), -0.1])
+def test_learning_rates_must_be_positive_and_one_per_depth(models, lr):
+    model, gen = models
+    with pytest.raises(ValueError, match="one per depth"):
+        SDOAttack(model, gen, depth=(0.25, 1.0), lr=lr)
+
+
 @pytest.mark.parametrize("depth", [(0.5, 0.25), (0.5, 0.5), (), (1, 2)])
 def test_depths_must_increase(models, depth):
     model, gen = models
@@ -335,4 +360,5 @@ def test_depths_must_increase(models, depth):
 
 def test_depths_on_the_same_step_are_one(models):
     model, gen = models  # 4 sampling steps: 0.3 and 0.35 both start one step from the end
-    assert SDOAttack(model, gen, depth=(0.3, 0.35, 1.0)).depths == (0.3, 1.0)
+    attack = SDOAttack(model, gen, depth=(0.3, 0.35, 1.0), lr=(0.01, 0.02, 0.03))
+    assert attack.depths == (0.3, 1.0) and attack.lrs == (0.01, 0.03)

@@ -166,6 +166,8 @@ def test_settings_change_refuses_resume(assets, attacked, no_compute):
     out, _ = attacked
     result = invoke(*attack_args(assets, out, "--lr", "0.5"))
     assert result.exit_code != 0 and "other settings" in result.output and "lr: 0.05 -> 0.5" in result.output
+    result = invoke(*attack_args(assets, out, "--lr", "0.05,0.1"))
+    assert result.exit_code != 0 and "lr: 0.05 -> [0.05, 0.1]" in result.output
 
 
 def test_random_targets_do_not_depend_on_batching(assets, tmp_path):
@@ -241,6 +243,8 @@ def bad_inputs(assets, tmp):
         (["--generator", "sdo-adv:nope"], None, "unknown embedded generator 'nope'"),
         (["--gradient", "sdo:99"], None, "index 99 is outside the 1 sampled steps"),
         (["--gradient", "bptt"], None, "unknown gradient estimator"),
+        (["--lr", "0.02,0.05,0.1"], None, "lr must be a number > 0 or one per depth (2), got (0.02, 0.05, 0.1)"),
+        (["--lr", "0.02,-1"], None, "'0.02,-1': learning rates must be > 0"),
         (["--targeted", "sideways"], None, "neither random, least-likely, next nor an existing CSV"),
         (["--targeted", str(tmp / "targets.csv")], None, "the targets CSV has no row for 7 item(s)"),
     ]
@@ -259,7 +263,8 @@ def test_bad_inputs_fail_before_compute(assets, tmp_path, no_compute):
 def test_config_file(assets, tmp_path, suffix):
     cfg = tmp_path / f"run.{suffix}"
     values = {"classifier": f"{assets / 'net.py'}:create_model", "generator": str(assets / "ddpm"),
-              "input": str(assets / "digits"), "batch-size": 8, "steps": 1, "seed": 3, "num_inference_steps": 1}
+              "input": str(assets / "digits"), "batch-size": 8, "steps": 1, "seed": 3, "num_inference_steps": 1,
+              "lr": [0.02, 0.05]}
     if suffix == "yaml":
         import yaml
 
@@ -270,6 +275,7 @@ def test_config_file(assets, tmp_path, suffix):
     assert result.exit_code == 0, result.output
     config = json.loads((tmp_path / "out" / "run.json").read_text())["config"]
     assert config["seed"] == 5 and config["batch_size"] == 8 and config["num_inference_steps"] == 1
+    assert config["lr"] == [0.02, 0.05]  # one rate per depth
     assert config["classifier"] == values["classifier"] and len(manifest(tmp_path / "out")) == 8
 
 

@@ -53,8 +53,8 @@ class AttackRunConfig:
     """Gradient estimator (see :mod:`sdo_adv.estimators`)."""
     steps: int = 50
     """Attack iterations."""
-    lr: float = 0.05
-    """Adam learning rate on the latent."""
+    lr: float | tuple[float, ...] = 0.05
+    """Adam learning rate on the latent, or one per depth of ``depth``."""
     depth: tuple[float, ...] = (0.2, 0.5)
     """Inversion depths, increasing fractions of the sampling schedule in (0, 1]: images not
     yet fooled at one depth start again at the next (a single number is one depth)."""
@@ -134,15 +134,17 @@ class AttackRunConfig:
         _integer(self, "seed", None)
         if self.num_inference_steps is not None:
             _integer(self, "num_inference_steps", 1)
-        _number(self, "lr")
-        if self.lr <= 0:
-            raise RunError(f"lr must be > 0, got {self.lr}", "lr")
         depths = (self.depth,) if isinstance(self.depth, (int, float)) else self.depth
         if not isinstance(depths, (tuple, list)) or not depths or not all(
                 isinstance(d, (int, float)) and not isinstance(d, bool) and 0 < d <= 1 for d in depths) \
                 or any(a >= b for a, b in zip(depths, depths[1:])):
             raise RunError(f"depth must be a fraction in (0, 1] or increasing fractions, got {self.depth!r}", "depth")
         object.__setattr__(self, "depth", tuple(float(d) for d in depths))
+        rates = self.lr if isinstance(self.lr, (tuple, list)) else (self.lr,)
+        if not all(isinstance(r, (int, float)) and not isinstance(r, bool) and math.isfinite(r) and r > 0
+                   for r in rates) or len(rates) not in (1, len(depths)):
+            raise RunError(f"lr must be a number > 0 or one per depth ({len(depths)}), got {self.lr!r}", "lr")
+        object.__setattr__(self, "lr", float(rates[0]) if len(rates) == 1 else tuple(float(r) for r in rates))
         if self.guidance_scale is not None:
             _number(self, "guidance_scale")
         _number(self, "fidelity")
