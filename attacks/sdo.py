@@ -19,6 +19,7 @@ from sdo_adv.masks import Mask, Region, check_mask_mode
 from sdo_adv import metrics
 from sdo_adv.picard import PicardSampler, Trajectory
 
+from .depths import depth_schedule
 from .records import AttackResult, AttackStep, Search, counting_calls, finite_gradients
 
 OPTIMIZE = ("latent", "cond", "both")
@@ -41,8 +42,11 @@ class SDOAttack(Attack):
             its resolution by its ``input_mapping`` (resize, or zero-pad and crop back) and
             results converted back, differentiably, so success is judged on the returned image. (Default: the embedded digit generator is not implied.)
         steps (int): optimization iterations. (Default: 50)
-        lr (float or sequence): Adam learning rate on the latent; or one rate per depth of
-            ``depth``. (Default: 0.05)
+        lr (float or sequence): Adam learning rate on the latent; a sequence gives the rate at
+            each depth in turn, its last rate serving any further depths (rates beyond the
+            number of depths go unused). Smaller steps at the shallow first depth cross the
+            victim's boundary with less overshoot; the deeper retry keeps larger ones.
+            (Default: ``(0.03, 0.05)``)
         estimator (str or Estimator): gradient estimator: ``sdo`` (= ``sdo:first``),
             ``sdo:last``, ``sdo:random``, ``sdo:<i>``, ``skip``, ``truncated:K``,
             ``checkpoint``, ``full``. ``gradient=`` is accepted as its former name.
@@ -101,8 +105,9 @@ class SDOAttack(Attack):
         - images: :math:`(N, C, H, W)` in [0, 1], C in {1, 3}. - labels: :math:`(N)` int.
         - output: :math:`(N, C, H, W)` in [0, 1], the input's dtype and device.
 
-    The defaults (shallow inversion, heavy fidelity weight that halves for samples still
-    unsuccessful, a second depth for samples the first did not fool) were tuned on held-out
+    The defaults (shallow inversion with small steps, heavy fidelity weight that halves for
+    samples still unsuccessful, a second depth with larger steps for samples the first did not
+    fool) were tuned on held-out
     digits against three embedded victims so that the judge
     (``sdo-adv:digits-judge``) still reads the true class (``benchmarks/natural_quality.py``).
     For Stable Diffusion scale, use ``depth=0.25``-``0.4``, ``lr=0.01``, ``latent_bound=0.2``
@@ -114,7 +119,7 @@ class SDOAttack(Attack):
     """
 
     def __init__(self, model: torch.nn.Module, generator: DiffusionGenerator | str, steps: int = 50,
-                 lr: float | Sequence[float] = 0.05, estimator: str | Estimator = "sdo",
+                 lr: float | Sequence[float] = (0.03, 0.05), estimator: str | Estimator = "sdo",
                  depth: float | int | Sequence[float | int] = (0.2, 0.5),
                  loss: str = "cw", kappa: float = 0.0, fidelity: float = 200.0,
                  latent_bound: float | None = 1.0, optimize: str = "latent",
@@ -142,20 +147,9 @@ class SDOAttack(Attack):
                              "use optimize='latent'")
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
-        depths = tuple(depth) if isinstance(depth, (tuple, list)) else (depth,)
-        starts = [self.generator.start_index(d) for d in depths]
-        fractions = [d for d in depths if isinstance(d, float)]
-        if not depths or any(a < b for a, b in zip(starts, starts[1:])) or \
-                any(a >= b for a, b in zip(fractions, fractions[1:])):
-            raise ValueError(f"depth must be one depth or a sequence of increasing depths, got {depth!r}")
-        lrs = tuple(float(r) for r in lr) if isinstance(lr, (tuple, list)) else (float(lr),) * len(depths)
-        if len(lrs) != len(depths) or not all(0 < r < float("inf") for r in lrs):
-            raise ValueError(f"lr must be one rate > 0 or one per depth ({len(depths)}), got {lr!r}")
-        # depths that round to the same start on a short schedule are one depth (the first one's rate)
-        kept = [i for i in range(len(depths)) if i == 0 or starts[i] != starts[i - 1]]
-        self.depths, self.lrs = tuple(depths[i] for i in kept), tuple(lrs[i] for i in kept)
-        for start in starts:
-            self.estimator.check(self.generator.num_inference_steps - start)
+        self.depths, self.lrs = depth_schedule(self.generator, depth, lr)
+        for d in self.depths:
+            self.estimator.check(self.generator.num_inference_steps - self.generator.start_index(d))
         self.steps, self.lr, self.depth = int(steps), lr, depth
         self.loss, self.kappa, self.fidelity = loss, float(kappa), float(fidelity)
         self.latent_bound, self.optimize, self.early_stop = latent_bound, optimize, bool(early_stop)

@@ -45,7 +45,7 @@ class Depths(click.ParamType):
 
 
 class Rates(click.ParamType):
-    """One learning rate, or one per depth, comma-separated numbers > 0."""
+    """One learning rate, or the rate at each depth in turn: comma-separated numbers > 0."""
 
     name = "lr[,lr...]"
 

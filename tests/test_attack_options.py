@@ -344,10 +344,18 @@ def test_each_depth_has_its_own_learning_rate(models):
     assert not torch.allclose(adv_deep, slow, atol=1e-3)  # the rate matters at this depth
 
 
-@pytest.mark.parametrize("lr", [(0.05,), (0.05, 0.1, 0.2), (0.05, 0.0), (0.05, float("inf")), -0.1])
-def test_learning_rates_must_be_positive_and_one_per_depth(models, lr):
+@pytest.mark.parametrize("lr,depth,rates", [(0.1, (0.25, 1.0), (0.1, 0.1)), ((0.01,), (0.25, 1.0), (0.01, 0.01)),
+                                             ((0.01, 0.02, 0.03), (0.25, 1.0), (0.01, 0.02)),
+                                             ((0.01, 0.02), 0.5, (0.01,)), ((0.01, 0.02), (0.25, 0.5, 1.0), (0.01, 0.02, 0.02))])
+def test_learning_rates_are_taken_per_depth_in_turn(models, lr, depth, rates):
     model, gen = models
-    with pytest.raises(ValueError, match="one per depth"):
+    assert SDOAttack(model, gen, depth=depth, lr=lr).lrs == rates
+
+
+@pytest.mark.parametrize("lr", [(), (0.05, 0.0), (0.05, float("inf")), -0.1, (0.05, float("nan"))])
+def test_learning_rates_must_be_positive(models, lr):
+    model, gen = models
+    with pytest.raises(ValueError, match="lr must be a rate > 0"):
         SDOAttack(model, gen, depth=(0.25, 1.0), lr=lr)
 
 

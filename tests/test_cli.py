@@ -84,7 +84,7 @@ def manifest(out):
 def attacked(assets, tmp_path_factory):
     """One finished attack run over the ImageFolder, batches of 3."""
     out = tmp_path_factory.mktemp("run") / "out"
-    result = invoke(*attack_args(assets, out, "--batch-size", "3", "--num-inference-steps", "2"))
+    result = invoke(*attack_args(assets, out, "--batch-size", "3", "--num-inference-steps", "2", "--steps", "2"))
     assert result.exit_code == 0, result.output
     return out, result
 
@@ -114,8 +114,8 @@ def test_outputs_and_manifest(assets, attacked):
     report = (out / "report.md").read_text()
     assert "| 8 |" in report and "success rate" in report and "## Skipped files (0)" in report
     run = json.loads((out / "run.json").read_text())
-    assert run["config"]["steps"] == 1 and run["config"]["num_inference_steps"] == 2
-    assert run["config"]["lr"] == 0.05 and run["config"]["guidance_scale"] == 1.0 and run["config"]["depth"] == [0.2, 0.5]
+    assert run["config"]["steps"] == 2 and run["config"]["num_inference_steps"] == 2
+    assert run["config"]["lr"] == [0.03, 0.05] and run["config"]["guidance_scale"] == 1.0 and run["config"]["depth"] == [0.2, 0.5]
     assert run["config"]["fidelity"] == 200.0 and run["config"]["fidelity_halflife"] == 10.0
     assert set(run["config"]) == {f.name for f in dataclasses.fields(AttackRunConfig)}
     summary = json.loads((out / "summary.json").read_text())
@@ -165,9 +165,9 @@ def test_resume_after_interruption(assets, tmp_path, monkeypatch):
 def test_settings_change_refuses_resume(assets, attacked, no_compute):
     out, _ = attacked
     result = invoke(*attack_args(assets, out, "--lr", "0.5"))
-    assert result.exit_code != 0 and "other settings" in result.output and "lr: 0.05 -> 0.5" in result.output
-    result = invoke(*attack_args(assets, out, "--lr", "0.05,0.1"))
-    assert result.exit_code != 0 and "lr: 0.05 -> [0.05, 0.1]" in result.output
+    assert result.exit_code != 0 and "other settings" in result.output and "lr: [0.03, 0.05] -> 0.5" in result.output
+    result = invoke(*attack_args(assets, out, "--lr", "0.03,0.1"))
+    assert result.exit_code != 0 and "lr: [0.03, 0.05] -> [0.03, 0.1]" in result.output
 
 
 def test_random_targets_do_not_depend_on_batching(assets, tmp_path):
@@ -243,7 +243,7 @@ def bad_inputs(assets, tmp):
         (["--generator", "sdo-adv:nope"], None, "unknown embedded generator 'nope'"),
         (["--gradient", "sdo:99"], None, "index 99 is outside the 1 sampled steps"),
         (["--gradient", "bptt"], None, "unknown gradient estimator"),
-        (["--lr", "0.02,0.05,0.1"], None, "lr must be a number > 0 or one per depth (2), got (0.02, 0.05, 0.1)"),
+        (["--lr", "0.02,inf"], None, "lr must be a number > 0 or a sequence of them (one per depth), got (0.02, inf)"),
         (["--lr", "0.02,-1"], None, "'0.02,-1': learning rates must be > 0"),
         (["--targeted", "sideways"], None, "neither random, least-likely, next nor an existing CSV"),
         (["--targeted", str(tmp / "targets.csv")], None, "the targets CSV has no row for 7 item(s)"),

@@ -53,8 +53,9 @@ class AttackRunConfig:
     """Gradient estimator (see :mod:`sdo_adv.estimators`)."""
     steps: int = 50
     """Attack iterations."""
-    lr: float | tuple[float, ...] = 0.05
-    """Adam learning rate on the latent, or one per depth of ``depth``."""
+    lr: float | tuple[float, ...] = (0.03, 0.05)
+    """Adam learning rate on the latent, or the rate at each depth in turn (the last one serving
+    further depths)."""
     depth: tuple[float, ...] = (0.2, 0.5)
     """Inversion depths, increasing fractions of the sampling schedule in (0, 1]: images not
     yet fooled at one depth start again at the next (a single number is one depth)."""
@@ -142,8 +143,8 @@ class AttackRunConfig:
         object.__setattr__(self, "depth", tuple(float(d) for d in depths))
         rates = self.lr if isinstance(self.lr, (tuple, list)) else (self.lr,)
         if not all(isinstance(r, (int, float)) and not isinstance(r, bool) and math.isfinite(r) and r > 0
-                   for r in rates) or len(rates) not in (1, len(depths)):
-            raise RunError(f"lr must be a number > 0 or one per depth ({len(depths)}), got {self.lr!r}", "lr")
+                   for r in rates) or not rates:
+            raise RunError(f"lr must be a number > 0 or a sequence of them (one per depth), got {self.lr!r}", "lr")
         object.__setattr__(self, "lr", float(rates[0]) if len(rates) == 1 else tuple(float(r) for r in rates))
         if self.guidance_scale is not None:
             _number(self, "guidance_scale")
