@@ -251,7 +251,8 @@ class AttackRunConfig:
     def recorded(cls, data: dict[str, Any]) -> dict[str, Any]:
         """The settings recorded in a run.json (of this or an earlier version), by field name,
         without checking them (the files they name may be gone)."""
-        defaults = {f.name: f.default for f in fields(cls) if f.default is not MISSING}
+        defaults = {f.name: list(f.default) if isinstance(f.default, tuple) else f.default
+                    for f in fields(cls) if f.default is not MISSING}  # as to_dict writes them
         renamed = {**defaults, **EARLIER, **{LEGACY_KEYS.get(k, k): v for k, v in data.items()}}
         depth = renamed["depth"]
         renamed["depth"] = [depth] if isinstance(depth, (int, float)) else list(depth)  # one depth before 0.3
