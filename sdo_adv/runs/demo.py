@@ -49,7 +49,7 @@ def run_demo(out: str | Path = "demo", n: int = 16, seed: int = 0, progress: boo
     report = {
         "generator": GENERATOR, "classifier": CLASSIFIER, "judges": list(JUDGES),
         "n_images": n, "seed": seed, "attack": {k: v for k, v in attack_kwargs.items()},
-        "estimator": attack.estimator.name, "steps": attack.steps, "depth": attack.depth,
+        "estimator": attack.estimator.name, "steps": attack.steps, "depth": attack.depth, "lr": attack.lr,
         "clean_accuracy": correct.float().mean().item(),
         "success_rate": ok.sum().item() / max(1, correct.sum().item()),
         "judge_agreement": judge_agreement(ok, labels, judged),
