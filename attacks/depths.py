@@ -1,10 +1,10 @@
 """The depths an attack tries in turn, and the learning rate at each."""
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 from sdo_adv.generator import DiffusionGenerator
+from sdo_adv.rates import learning_rates
 
 
 def depth_schedule(generator: DiffusionGenerator, depth: float | int | Sequence[float | int],
@@ -19,8 +19,7 @@ def depth_schedule(generator: DiffusionGenerator, depth: float | int | Sequence[
     if not depths or any(a < b for a, b in zip(starts, starts[1:])) or \
             any(a >= b for a, b in zip(fractions, fractions[1:])):
         raise ValueError(f"depth must be one depth or a sequence of increasing depths, got {depth!r}")
-    rates = tuple(float(r) for r in lr) if isinstance(lr, (tuple, list)) else (float(lr),)
-    if not rates or not all(0 < r < math.inf for r in rates):
-        raise ValueError(f"lr must be a rate > 0 or a sequence of them (one per depth), got {lr!r}")
+    rates = learning_rates(lr)
     kept = [i for i in range(len(depths)) if i == 0 or starts[i] != starts[i - 1]]
     return tuple(depths[i] for i in kept), tuple(rates[min(i, len(rates) - 1)] for i in kept)
+

@@ -5,6 +5,8 @@ from collections.abc import Mapping
 
 import click
 
+from sdo_adv.rates import learning_rates
+
 # The command line's own words for the remedies a RunError names (sdo_adv.runs.errors.FIXES).
 FIXES = {
     "trust_pickle": "pass --trust-pickle, only for files you trust",
@@ -56,8 +58,10 @@ class Rates(click.ParamType):
             rates = tuple(float(p) for p in parts)
         except (TypeError, ValueError):
             self.fail(f"{value!r} is not a comma-separated list of numbers", param, ctx)
-        if not rates or not all(r > 0 for r in rates):
-            self.fail(f"{value!r}: learning rates must be > 0", param, ctx)
+        try:
+            rates = learning_rates(rates)
+        except ValueError as error:
+            self.fail(str(error), param, ctx)
         return rates[0] if len(rates) == 1 else rates
 
 

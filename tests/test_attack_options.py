@@ -1,6 +1,7 @@
 """SDOAttack's options, each checked by an effect an ignored option would not have: loss and
 kappa, latent bound, Picard tol and hold, prompts, half-precision generators, DPM-Solver++,
 the gradient= alias, the callback, repr and estimator checks at construction."""
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -352,11 +353,21 @@ def test_learning_rates_are_taken_per_depth_in_turn(models, lr, depth, rates):
     assert SDOAttack(model, gen, depth=depth, lr=lr).lrs == rates
 
 
-@pytest.mark.parametrize("lr", [(), (0.05, 0.0), (0.05, float("inf")), -0.1, (0.05, float("nan"))])
-def test_learning_rates_must_be_positive(models, lr):
+@pytest.mark.parametrize("lr", [(), (0.05, 0.0), (0.05, float("inf")), -0.1, (0.05, float("nan")), True, "0.05",
+                                (0.05, None), np.array([0.05, -1.0])])
+def test_learning_rates_must_be_positive_numbers(models, lr):
     model, gen = models
-    with pytest.raises(ValueError, match="lr must be a rate > 0"):
+    with pytest.raises(ValueError, match="lr must be a number > 0 or a sequence of them"):
         SDOAttack(model, gen, depth=(0.25, 1.0), lr=lr)
+
+
+@pytest.mark.parametrize("lr,stored", [(np.float32(0.25), 0.25), ([0.05], 0.05), (np.array([0.01, 0.02]), (0.01, 0.02)),
+                                       (torch.tensor([0.5, 0.25]), (0.5, 0.25))])
+def test_learning_rates_are_stored_as_floats(models, lr, stored):
+    model, gen = models
+    attack = SDOAttack(model, gen, depth=(0.25, 1.0), lr=lr)
+    assert attack.lr == stored and all(type(r) is float for r in attack.lrs)
+    assert f"lr={stored}" in repr(attack)
 
 
 @pytest.mark.parametrize("depth", [(0.5, 0.25), (0.5, 0.5), (), (1, 2)])

@@ -244,7 +244,7 @@ def bad_inputs(assets, tmp):
         (["--gradient", "sdo:99"], None, "index 99 is outside the 1 sampled steps"),
         (["--gradient", "bptt"], None, "unknown gradient estimator"),
         (["--lr", "0.02,inf"], None, "lr must be a number > 0 or a sequence of them (one per depth), got (0.02, inf)"),
-        (["--lr", "0.02,-1"], None, "'0.02,-1': learning rates must be > 0"),
+        (["--lr", "0.02,-1"], None, "lr must be a number > 0 or a sequence of them (one per depth), got (0.02, -1.0)"),
         (["--targeted", "sideways"], None, "neither random, least-likely, next nor an existing CSV"),
         (["--targeted", str(tmp / "targets.csv")], None, "the targets CSV has no row for 7 item(s)"),
     ]

@@ -6,6 +6,7 @@ from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from ..rates import learning_rates
 from ..attacks.sdo import OPTIMIZE, SAMPLERS
 from ..class_names import NAMED_SETS
 from ..estimators import parse_estimator
@@ -141,11 +142,11 @@ class AttackRunConfig:
                 or any(a >= b for a, b in zip(depths, depths[1:])):
             raise RunError(f"depth must be a fraction in (0, 1] or increasing fractions, got {self.depth!r}", "depth")
         object.__setattr__(self, "depth", tuple(float(d) for d in depths))
-        rates = self.lr if isinstance(self.lr, (tuple, list)) else (self.lr,)
-        if not all(isinstance(r, (int, float)) and not isinstance(r, bool) and math.isfinite(r) and r > 0
-                   for r in rates) or not rates:
-            raise RunError(f"lr must be a number > 0 or a sequence of them (one per depth), got {self.lr!r}", "lr")
-        object.__setattr__(self, "lr", float(rates[0]) if len(rates) == 1 else tuple(float(r) for r in rates))
+        try:
+            rates = learning_rates(self.lr)
+        except ValueError as error:
+            raise RunError(str(error), "lr") from None
+        object.__setattr__(self, "lr", rates[0] if len(rates) == 1 else rates)
         if self.guidance_scale is not None:
             _number(self, "guidance_scale")
         _number(self, "fidelity")
