@@ -22,4 +22,3 @@ def depth_schedule(generator: DiffusionGenerator, depth: float | int | Sequence[
     rates = learning_rates(lr)
     kept = [i for i in range(len(depths)) if i == 0 or starts[i] != starts[i - 1]]
     return tuple(depths[i] for i in kept), tuple(rates[min(i, len(rates) - 1)] for i in kept)
-

@@ -18,7 +18,7 @@ from sdo_adv.losses import LOSSES, attack_loss, cw_margin, keep_loss, reached, s
 from sdo_adv.masks import Mask, Region, check_mask_mode
 from sdo_adv import metrics
 from sdo_adv.picard import PicardSampler, Trajectory
-from sdo_adv.rates import learning_rates
+from sdo_adv.rates import learning_rate
 
 from .depths import depth_schedule
 from .records import AttackResult, AttackStep, Search, counting_calls, finite_gradients
@@ -148,11 +148,10 @@ class SDOAttack(Attack):
                              "use optimize='latent'")
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
-        rates = learning_rates(lr)
-        self.depths, self.lrs = depth_schedule(self.generator, depth, rates)
+        self.depths, self.lrs = depth_schedule(self.generator, depth, lr)
         for d in self.depths:
             self.estimator.check(self.generator.num_inference_steps - self.generator.start_index(d))
-        self.steps, self.lr, self.depth = int(steps), rates[0] if len(rates) == 1 else rates, depth
+        self.steps, self.lr, self.depth = int(steps), learning_rate(lr), depth
         self.loss, self.kappa, self.fidelity = loss, float(kappa), float(fidelity)
         self.latent_bound, self.optimize, self.early_stop = latent_bound, optimize, bool(early_stop)
         if fidelity_halflife is not None and not fidelity_halflife > 0:

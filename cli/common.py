@@ -5,7 +5,7 @@ from collections.abc import Mapping
 
 import click
 
-from sdo_adv.rates import learning_rates
+from sdo_adv.rates import learning_rate
 
 # The command line's own words for the remedies a RunError names (sdo_adv.runs.errors.FIXES).
 FIXES = {
@@ -59,10 +59,9 @@ class Rates(click.ParamType):
         except (TypeError, ValueError):
             self.fail(f"{value!r} is not a comma-separated list of numbers", param, ctx)
         try:
-            rates = learning_rates(rates)
+            return learning_rate(rates)
         except ValueError as error:
             self.fail(str(error), param, ctx)
-        return rates[0] if len(rates) == 1 else rates
 
 
 def click_error(err: ValueError, flags: Mapping[str, str] | None = None, **context: str) -> click.ClickException:

@@ -13,3 +13,9 @@ def learning_rates(lr: object) -> tuple[float, ...]:
     if not values or not all(isinstance(r, Real) and not isinstance(r, bool) and 0 < r < math.inf for r in values):
         raise ValueError(f"lr must be a number > 0 or a sequence of them (one per depth), got {lr!r}")
     return tuple(float(r) for r in values)
+
+
+def learning_rate(lr: object) -> float | tuple[float, ...]:
+    """:func:`learning_rates` as a setting: one rate as a float, several as a tuple."""
+    rates = learning_rates(lr)
+    return rates[0] if len(rates) == 1 else rates

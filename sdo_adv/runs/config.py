@@ -6,7 +6,6 @@ from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from ..rates import learning_rates
 from ..attacks.sdo import OPTIMIZE, SAMPLERS
 from ..class_names import NAMED_SETS
 from ..estimators import parse_estimator
@@ -14,6 +13,7 @@ from ..generator import SOLVERS
 from ..losses import LOSSES
 from ..masks import MASK_MODES
 from ..picard import HOLDS
+from ..rates import learning_rate
 from .errors import RunError
 
 TARGET_MODES = ("random", "least-likely", "next")
@@ -143,10 +143,9 @@ class AttackRunConfig:
             raise RunError(f"depth must be a fraction in (0, 1] or increasing fractions, got {self.depth!r}", "depth")
         object.__setattr__(self, "depth", tuple(float(d) for d in depths))
         try:
-            rates = learning_rates(self.lr)
+            object.__setattr__(self, "lr", learning_rate(self.lr))
         except ValueError as error:
             raise RunError(str(error), "lr") from None
-        object.__setattr__(self, "lr", rates[0] if len(rates) == 1 else rates)
         if self.guidance_scale is not None:
             _number(self, "guidance_scale")
         _number(self, "fidelity")
