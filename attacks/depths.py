@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sdo_adv.generator import DiffusionGenerator
-from sdo_adv.rates import learning_rates
+from sdo_adv.rates import rates_per_depth
 
 
 def depth_schedule(generator: DiffusionGenerator, depth: float | int | Sequence[float | int],
@@ -19,6 +19,6 @@ def depth_schedule(generator: DiffusionGenerator, depth: float | int | Sequence[
     if not depths or any(a < b for a, b in zip(starts, starts[1:])) or \
             any(a >= b for a, b in zip(fractions, fractions[1:])):
         raise ValueError(f"depth must be one depth or a sequence of increasing depths, got {depth!r}")
-    rates = learning_rates(lr)
+    rates = rates_per_depth(lr, len(depths))
     kept = [i for i in range(len(depths)) if i == 0 or starts[i] != starts[i - 1]]
-    return tuple(depths[i] for i in kept), tuple(rates[min(i, len(rates) - 1)] for i in kept)
+    return tuple(depths[i] for i in kept), tuple(rates[i] for i in kept)

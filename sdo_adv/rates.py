@@ -19,3 +19,10 @@ def learning_rate(lr: object) -> float | tuple[float, ...]:
     """:func:`learning_rates` as a setting: one rate as a float, several as a tuple."""
     rates = learning_rates(lr)
     return rates[0] if len(rates) == 1 else rates
+
+
+def rates_per_depth(lr: object, depths: int) -> tuple[float, ...]:
+    """The rate each of ``depths`` depths runs at: ``lr``'s rates in turn, the last serving
+    further depths, rates beyond the number of depths unused."""
+    rates = learning_rates(lr)
+    return tuple(rates[min(i, len(rates) - 1)] for i in range(depths))

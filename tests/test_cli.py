@@ -170,6 +170,17 @@ def test_settings_change_refuses_resume(assets, attacked, no_compute):
     assert result.exit_code != 0 and "lr: [0.03, 0.05] -> [0.03, 0.1]" in result.output
 
 
+def test_resume_compares_the_rates_each_depth_runs_at(assets, attacked, no_compute, tmp_path):
+    """A rate beyond the number of depths is unused, so it changes nothing; one for both depths does."""
+    out = tmp_path / "out"
+    shutil.copytree(attacked[0], out)
+    same = ("--batch-size", "3", "--num-inference-steps", "2", "--steps", "2")
+    result = invoke(*attack_args(assets, out, *same, "--lr", "0.03"))
+    assert result.exit_code != 0 and "lr: [0.03, 0.05] -> 0.03" in result.output
+    result = invoke(*attack_args(assets, out, *same, "--lr", "0.03,0.05,0.9"))
+    assert result.exit_code == 0 and "resuming: 8 of 8" in result.output, result.output
+
+
 def test_random_targets_do_not_depend_on_batching(assets, tmp_path):
     """Also with sdo:random, which runs one image at a time for the same reason."""
     targets = []

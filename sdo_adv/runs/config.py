@@ -13,14 +13,14 @@ from ..generator import SOLVERS
 from ..losses import LOSSES
 from ..masks import MASK_MODES
 from ..picard import HOLDS
-from ..rates import learning_rate
+from ..rates import learning_rate, rates_per_depth
 from .errors import RunError
 
 TARGET_MODES = ("random", "least-likely", "next")
 DEVICES = ("cpu", "cuda")
 DTYPES = ("float32", "float16", "bfloat16")
 # Settings that may differ when a run is resumed: they change no item's result.
-RESUME_FREE = ("batch_size", "device", "trust_pickle")
+RESUME_FREE = ("batch_size", "device", "trust_pickle", "out")
 # Keys of run.json written by earlier versions, and their fields now.
 LEGACY_KEYS = {"gradient": "estimator"}
 # The fields that are SDOAttack's arguments of the same name.
@@ -261,9 +261,13 @@ class AttackRunConfig:
     def changes_from(self, recorded: dict[str, Any]) -> list[str]:
         """``field: old -> new`` for each setting that differs from ``recorded`` and would change
         results (all but :data:`RESUME_FREE`)."""
-        old = self.recorded(recorded)
-        return [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in self.to_dict().items()
-                if k not in RESUME_FREE and old.get(k) != v]
+        old, new = self.recorded(recorded), self.to_dict()
+        same = {k: old.get(k) == v for k, v in new.items()}
+        try:  # the rates as run, one per depth: 0.05 is (0.05, 0.05) at two depths
+            same["lr"] = rates_per_depth(old["lr"], len(old["depth"])) == rates_per_depth(self.lr, len(self.depth))
+        except (KeyError, TypeError, ValueError):
+            pass
+        return [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in new.items() if k not in RESUME_FREE and not same[k]]
 
 
 def _integer(config: AttackRunConfig, name: str, minimum: int | None) -> None:

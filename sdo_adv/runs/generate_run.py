@@ -40,7 +40,7 @@ from .report import RUN, RunOutputs, versions
 
 DRAWS = "draws"
 # Settings that may differ when a run is resumed: they change no sample.
-RESUME_FREE = ("batch_size", "device", "trust_pickle", "per_class", "classes")
+RESUME_FREE = ("batch_size", "device", "trust_pickle", "per_class", "classes", "out")
 
 
 @dataclass(frozen=True)
