@@ -170,6 +170,20 @@ def test_settings_change_refuses_resume(assets, attacked, no_compute):
     assert result.exit_code != 0 and "lr: [0.03, 0.05] -> [0.03, 0.1]" in result.output
 
 
+def test_resume_takes_the_settings_the_run_left_to_the_generator(assets, attacked, tmp_path):
+    """A resume that leaves the sampling steps to the generator uses the run's, not the generator's default."""
+    out = tmp_path / "out"
+    shutil.copytree(attacked[0], out)
+    rows = (out / "manifest.jsonl").read_text().splitlines()
+    (out / "manifest.jsonl").write_text("\n".join(rows[:2]) + "\n")  # a run killed after two images
+    result = invoke(*attack_args(assets, out, "--batch-size", "3", "--steps", "2"))
+    assert result.exit_code == 0, result.output
+    assert "resuming with the run's num_inference_steps 2" in result.output and "resuming: 2 of 8" in result.output
+    assert json.loads((out / "run.json").read_text())["config"]["num_inference_steps"] == 2
+    result = invoke(*attack_args(assets, out, "--batch-size", "3", "--steps", "2", "--num-inference-steps", "3"))
+    assert result.exit_code != 0 and "num_inference_steps: 2 -> 3" in result.output
+
+
 def test_resume_compares_the_rates_each_depth_runs_at(assets, attacked, no_compute, tmp_path):
     """A rate beyond the number of depths is unused, so it changes nothing; one for both depths does."""
     out = tmp_path / "out"

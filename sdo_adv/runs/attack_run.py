@@ -59,6 +59,8 @@ class AttackRun:
         self.process = process or current_process(device)
         self.notices: list[str] = []
         self._notice = notice
+        self.out = Path(config.out)
+        config = self._resumed(config)
         classes = label_classes(config.classifier, config.class_names)
         self.dataset = read_dataset(config.input, config.labels, classes.synsets if classes else None)
         self.masks = mask_files(self.dataset, config.mask_dir) if config.mask_dir is not None else None
@@ -71,8 +73,6 @@ class AttackRun:
             self._say("sdo:random draws one step per iteration for a whole batch: attacking one image at a "
                       "time so that results do not depend on batching")
             config = replace(config, batch_size=1)
-        self.out = Path(config.out)
-        self._check_resume(config)
 
         self.device = torch.device(self.process.device if device == "cuda" else device)
         self.classifier = run_classifier(config.classifier, "classifier", self.device, config.trust_pickle)
@@ -137,17 +137,24 @@ class AttackRun:
                 raise RunError(f"{err} (depth {depth} of {n} sampling steps)", "estimator") from err
         return stored, guard
 
-    def _check_resume(self, config: AttackRunConfig) -> None:
+    def _resumed(self, config: AttackRunConfig) -> AttackRunConfig:
+        """``config``, resuming the run in ``out`` if there is one: the settings it leaves to the
+        generator take the values that run used; RunError if it changes any other."""
         run_file = self.out / RUN
         if not run_file.exists():
-            return
+            return config
         recorded = json.loads(run_file.read_text())["config"]
-        # left to the generator: whatever the run recorded is what it will use
-        free = [k for k, left in LEFT_TO_GENERATOR.items() if getattr(config, k) == left]
-        changed = [c for c in config.changes_from(recorded) if c.split(":")[0] not in free]
+        used = AttackRunConfig.recorded(recorded)
+        taken = {k: used[k] for k, left in LEFT_TO_GENERATOR.items()
+                 if getattr(config, k) == left and used.get(k) not in (None, left)}
+        if taken:
+            self._say("resuming with the run's " + ", ".join(f"{k} {v!r}" for k, v in taken.items()))
+            config = replace(config, **taken)
+        changed = config.changes_from(recorded)
         if changed:
             raise RunError(f"{self.out} holds a run with other settings ({'; '.join(changed)}); "
                            "resume with the same settings or use another output folder", "out")
+        return config
 
     # ---- checks once the models are loaded, before any compute ----------------------------------
     def _check_classes(self, csv_targets: dict[str, int] | None,
