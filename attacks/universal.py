@@ -248,6 +248,14 @@ class UniversalSDO:
     @classmethod
     def load(cls, folder: str | Path, model: torch.nn.Module, generator: DiffusionGenerator | str,
              **overrides: Any) -> "UniversalSDO":
-        """A trainer with the settings, offsets, optimizer state and step saved in ``folder``."""
-        settings = {k: v for k, v in cls.saved_settings(folder).items() if k != "num_inference_steps"}
-        return cls(model, generator, **{**settings, **overrides}).restore(folder)
+        """A trainer with the settings, offsets, optimizer state and step saved in ``folder``;
+        ValueError if ``generator`` samples with another number of steps than the changes were
+        trained at (they act from a step of that schedule)."""
+        saved = cls.saved_settings(folder)
+        settings = {k: v for k, v in saved.items() if k != "num_inference_steps"}
+        universal = cls(model, generator, **{**settings, **overrides})
+        steps, trained = universal.generator.num_inference_steps, saved.get("num_inference_steps")
+        if trained is not None and trained != steps:
+            raise ValueError(f"the changes were trained with {trained} sampling steps and the generator takes "
+                             f"{steps}: sample with {trained}")
+        return universal.restore(folder)

@@ -154,6 +154,9 @@ def test_universal_cli_resumes_as_if_uninterrupted_and_generate_samples_with_it(
     assert torch.allclose(resumed.latent_offset, whole.latent_offset, atol=1e-6)
     res = run(*universal_args(assets, tmp_path / "u", "--train-steps", "3", "--bound", "0.1"))
     assert res.exit_code == 2 and "bound: 0.35 -> 0.1" in res.output
+    other = f"{assets / 'net.py'}:create_other"
+    res = run(*universal_args(assets, tmp_path / "u", "--train-steps", "3", "--classifier", other))
+    assert res.exit_code == 2 and f"classifier: '{assets / 'net.py'}:create_model' -> '{other}'" in res.output, res.output
     older = tmp_path / "older"  # saved before the "rank" setting existed: it had the default
     shutil.copytree(tmp_path / "u", older)
     saved = json.loads((older / "universal.json").read_text())
@@ -182,3 +185,8 @@ def test_universal_cli_resumes_as_if_uninterrupted_and_generate_samples_with_it(
     for r, image in zip(written, adv):
         assert r["seed"] == item_seed(4, r["source"])
         assert torch.equal(to_tensor(read_image(out / r["file"]), 1), to_uint8(image).float() / 255)
+    steps = resumed.settings["num_inference_steps"]
+    res = run("generate", "--classifier", f"{assets / 'net.py'}:create_model", "--generator", str(assets / "ddpm"),
+              "--out", str(tmp_path / "gen2"), "--classes", "1", "--per-class", "1", "--universal", str(tmp_path / "u"),
+              "--num-inference-steps", str(steps + 2), "--device", "cpu")
+    assert res.exit_code == 2 and f"trained with {steps} sampling steps" in res.output, res.output

@@ -3,6 +3,7 @@ measuring them on held-out seeds: the application layer of :class:`~sdo_adv.atta
 from __future__ import annotations
 
 import inspect
+import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -57,7 +58,11 @@ class UniversalRun:
             defaults = {k: p.default for k, p in inspect.signature(UniversalSDO).parameters.items()}
             saved = {**{k: defaults[k] for k in TRAINING if k not in saved}, **saved}  # older folders: defaults
             asked = self.universal.settings
-            changed = [f"{k}: {saved[k]!r} -> {asked[k]!r}" for k in (*TRAINING, "classes") if saved[k] != asked[k]]
+            changed = [f"{k}: {saved[k]!r} -> {asked[k]!r}" for k in (*TRAINING, "classes", "num_inference_steps")
+                       if k in saved and saved[k] != asked[k]]
+            models = {"classifier": classifier, "generator": generator, "guard": guard}
+            trained_on = json.loads((self.out / SETTINGS).read_text()).get("figures", {})
+            changed += [f"{k}: {trained_on[k]!r} -> {v!r}" for k, v in models.items() if trained_on.get(k, v) != v]
             if changed:
                 raise RunError(f"{self.out} holds universal changes trained with other settings "
                                f"({'; '.join(changed)}); use the same settings or another folder", "out")
