@@ -184,6 +184,21 @@ def test_resume_takes_the_settings_the_run_left_to_the_generator(assets, attacke
     assert result.exit_code != 0 and "num_inference_steps: 2 -> 3" in result.output
 
 
+def test_an_input_added_to_a_run_never_overwrites_a_finished_result(assets, tmp_path):
+    """0/img 0.jpg would take 0/img 0.png's name (it sorts first); the finished name stays."""
+    data, out = tmp_path / "in", tmp_path / "out"
+    shutil.copytree(assets / "digits", data)
+    assert invoke(*attack_args(assets, out, input=data)).exit_code == 0
+    finished = {r["source"]: r["file"] for r in manifest(out)}
+    written = {f: (out / f).read_bytes() for f in finished.values()}
+    Image.open(data / "0" / "img 0.png").save(data / "0" / "img 0.jpg", quality=100)
+    result = invoke(*attack_args(assets, out, input=data))
+    assert result.exit_code == 0 and "resuming: 8 of 9" in result.output, result.output
+    rows = {r["source"]: r["file"] for r in manifest(out)}
+    assert {s: rows[s] for s in finished} == finished and all((out / f).read_bytes() == b for f, b in written.items())
+    assert rows["0/img 0.jpg"] not in written and (out / rows["0/img 0.jpg"]).is_file()
+
+
 def test_resume_compares_the_rates_each_depth_runs_at(assets, attacked, no_compute, tmp_path):
     """A rate beyond the number of depths is unused, so it changes nothing; one for both depths does."""
     out = tmp_path / "out"

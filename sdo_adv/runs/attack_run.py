@@ -63,6 +63,7 @@ class AttackRun:
         config = self._resumed(config)
         classes = label_classes(config.classifier, config.class_names)
         self.dataset = read_dataset(config.input, config.labels, classes.synsets if classes else None)
+        self.dataset.keep_names({src: row["file"] for src, row in finished_rows(self.out).items()})
         self.masks = mask_files(self.dataset, config.mask_dir) if config.mask_dir is not None else None
         csv_targets = read_csv(Path(config.targets_csv), "target")[0] if config.targets_csv else None
         stored, guard = self._check_specs(config)

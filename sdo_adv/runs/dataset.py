@@ -8,7 +8,7 @@ import csv
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -56,6 +56,22 @@ class Dataset:
     sizes: Counter[tuple[int, int]]
     skipped: dict[str, str] = field(default_factory=dict)
     array: np.ndarray | None = None
+
+    def keep_names(self, written: dict[str, str]) -> None:
+        """Name the items a run already wrote (``written``: source -> file name) as it did, and
+        rename any other item whose name one of those holds: inputs added to a run's folder
+        never overwrite its finished results."""
+        held = set(written.values()) | RESERVED_NAMES
+        taken = held | {it.name for it in self.items}
+        for i, it in enumerate(self.items):
+            if it.source in written:
+                self.items[i] = replace(it, name=written[it.source])
+            elif it.name in held:
+                base, k = it.name[:-len(".png")], 2
+                while f"{base}-{k}.png" in taken:
+                    k += 1
+                self.items[i] = replace(it, name=f"{base}-{k}.png")
+                taken.add(self.items[i].name)
 
     def load(self, items: Sequence[Item], size: tuple[int, int] | None = None,
              fit: Callable[[Tensor], Tensor] | None = None) -> Tensor:
