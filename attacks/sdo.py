@@ -1,9 +1,11 @@
 """SDOAttack: natural adversarial images by optimizing a diffusion model's latent."""
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from numbers import Integral, Real
 
 import torch
 from torch import Tensor
@@ -17,7 +19,7 @@ from sdo_adv.loading import load_classifier, load_generator
 from sdo_adv.losses import LOSSES, attack_loss, cw_margin, keep_loss, reached, success
 from sdo_adv.masks import Mask, Region, check_mask_mode
 from sdo_adv import metrics
-from sdo_adv.picard import PicardSampler, Trajectory
+from sdo_adv.picard import HOLDS, PicardSampler, Trajectory
 from sdo_adv.rates import learning_rate
 
 from .depths import depth_schedule
@@ -25,6 +27,18 @@ from .records import AttackResult, AttackStep, Search, counting_calls, finite_gr
 
 OPTIMIZE = ("latent", "cond", "both")
 SAMPLERS = ("sequential", "picard")
+
+
+def _number(name: str, value: object, low: float, strict: bool = False, optional: bool = False) -> float | None:
+    """``value`` as a float; ValueError naming ``name`` unless it is a finite number >= ``low``
+    (> with ``strict``), or None where ``optional``."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value) \
+            or value < low or (strict and value == low):
+        bound = f" {'>' if strict else '>='} {low:g}" if low > -math.inf else ""
+        raise ValueError(f"{name} must be a finite number{bound}{' or None' if optional else ''}, got {value!r}")
+    return float(value)
 
 
 class SDOAttack(Attack):
@@ -146,27 +160,34 @@ class SDOAttack(Attack):
         if optimize != "latent" and not self.estimator.reaches_condition:
             raise ValueError(f"estimator {self.estimator.name!r} gives the conditioning no gradient; "
                              "use optimize='latent'")
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
+        if isinstance(steps, bool) or not isinstance(steps, Integral) or steps < 1:
+            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+        for name, flag in (("early_stop", early_stop), ("progress", progress)):
+            if not isinstance(flag, bool):
+                raise ValueError(f"{name} must be True or False, got {flag!r}")
         self.depths, self.lrs = depth_schedule(self.generator, depth, lr)
         for d in self.depths:
             self.estimator.check(self.generator.num_inference_steps - self.generator.start_index(d))
         self.steps, self.lr, self.depth = int(steps), learning_rate(lr), depth
-        self.loss, self.kappa, self.fidelity = loss, float(kappa), float(fidelity)
-        self.latent_bound, self.optimize, self.early_stop = latent_bound, optimize, bool(early_stop)
-        if fidelity_halflife is not None and not fidelity_halflife > 0:
-            raise ValueError(f"fidelity_halflife must be > 0 or None, got {fidelity_halflife!r}")
-        self.fidelity_halflife, self.prompts, self.progress = fidelity_halflife, prompts, bool(progress)
-        self.callback = callback
+        self.loss, self.kappa, self.fidelity = loss, _number("kappa", kappa, 0), _number("fidelity", fidelity, 0)
+        self.latent_bound = _number("latent_bound", latent_bound, 0, strict=True, optional=True)
+        self.optimize, self.early_stop = optimize, early_stop
+        self.fidelity_halflife = _number("fidelity_halflife", fidelity_halflife, 0, strict=True, optional=True)
+        self.prompts, self.progress, self.callback = prompts, progress, callback
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; accepted: {', '.join(SAMPLERS)}")
-        self.sampler, self.sweeps, self.tol = sampler, int(sweeps), tol
+        if hold not in HOLDS:
+            raise ValueError(f"unknown hold {hold!r}; accepted: {', '.join(HOLDS)}")
+        if isinstance(sweeps, bool) or not isinstance(sweeps, Integral) or sweeps < 1:
+            raise ValueError(f"sweeps must be an integer >= 1, got {sweeps!r}")
+        self.sampler, self.sweeps, self.tol = sampler, int(sweeps), _number("tol", tol, 0, strict=True, optional=True)
         self._picard = PicardSampler(self.generator, self.sweeps, tol, hold=hold) if sampler == "picard" else None
         guard = self.generator.guard if guard == "auto" else guard
         self.guard = load_classifier(guard).to(self.generator.device).eval() if isinstance(guard, str) else guard
         if self.guard is model:
             raise ValueError("the guard is the victim: a guard must be another classifier")
-        self.guard_weight, self.guard_kappa = float(guard_weight), float(guard_kappa)
+        self.guard_weight = _number("guard_weight", guard_weight, 0)
+        self.guard_kappa = _number("guard_kappa", guard_kappa, -math.inf)
         self.mask, self.mask_mode = mask, check_mask_mode(mask_mode, sampler)
         self.supported_mode = ["default", "targeted"]
         self.last_result: AttackResult | None = None

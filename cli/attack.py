@@ -96,7 +96,7 @@ def resolve_options(ctx: click.Context, values: dict[str, Any]) -> dict[str, Any
               help="Iterations over which the fidelity weight halves; 'none' keeps it constant.")
 @click.option("--loss", default="cw", show_default=True, type=click.Choice(["cw", "ce"]),
               help="Attack loss: cw margin or cross-entropy.")
-@click.option("--kappa", default=0.0, show_default=True, type=float, help="Confidence margin of the cw loss.")
+@click.option("--kappa", default=0.0, show_default=True, type=click.FloatRange(0), help="Confidence margin of the cw loss.")
 @click.option("--latent-bound", default="1.0", show_default=True, type=OptionalNumber(),
               help="L-inf bound on the change of the start latent (and conditioning); 'none': unbounded.")
 @click.option("--optimize", default="latent", show_default=True, type=click.Choice(["latent", "cond", "both"]),

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from .common import Depths, OptionalNumber, click_error
+from .common import Depths, OptionalNumber, Rates, click_error
 
 
 class Classes(click.ParamType):
@@ -33,8 +33,9 @@ class Classes(click.ParamType):
 @click.option("--estimator", "--gradient", "estimator", default="sdo", show_default=True,
               help="Gradient estimator: sdo, sdo:last, sdo:random, sdo:<i>, skip, truncated:K, checkpoint, full.")
 @click.option("--steps", default=50, show_default=True, type=click.IntRange(1), help="Optimization iterations.")
-@click.option("--lr", default=0.05, show_default=True, type=click.FloatRange(0, min_open=True),
-              help="Adam learning rate on the latent.")
+@click.option("--lr", default="0.05", show_default=True, type=Rates(),
+              help="Adam learning rate on the latent; or the rate at each depth in turn, comma-separated "
+                   "(the last one serves further depths).")
 @click.option("--depth", default=(0.3, 0.5), show_default="0.3,0.5", type=Depths(),
               help="Fractions of the draw's trajectory to regenerate, tried in turn (1.0: the start noise).")
 @click.option("--fidelity", default=200.0, show_default=True, type=click.FloatRange(0),

@@ -370,6 +370,27 @@ def test_learning_rates_are_stored_as_floats(models, lr, stored):
     assert f"lr={stored}" in repr(attack)
 
 
+@pytest.mark.parametrize("setting,value,message", [
+    ("latent_bound", 0.0, "latent_bound must be a finite number > 0 or None"), ("latent_bound", -0.5, "latent_bound"),
+    ("latent_bound", float("nan"), "latent_bound"), ("kappa", -50.0, "kappa must be a finite number >= 0"),
+    ("kappa", float("nan"), "kappa"), ("fidelity", -1.0, "fidelity must be a finite number >= 0"),
+    ("fidelity", float("nan"), "fidelity"), ("fidelity_halflife", float("inf"), "fidelity_halflife"),
+    ("guard_weight", -1.0, "guard_weight"), ("guard_kappa", float("nan"), "guard_kappa must be a finite number, got nan"),
+    ("tol", -1.0, "tol must be a finite number > 0 or None"), ("steps", 2.7, "steps must be an integer >= 1"),
+    ("steps", True, "steps"), ("sweeps", 0, "sweeps"), ("early_stop", "no", "early_stop must be True or False"),
+    ("hold", "bogus", "unknown hold"), ("kappa", "1", "kappa")])
+def test_settings_out_of_range_are_refused_naming_them(models, setting, value, message):
+    model, gen = models
+    with pytest.raises(ValueError, match=message):
+        SDOAttack(model, gen, **{setting: value})
+
+
+def test_numpy_settings_are_accepted(models):
+    model, gen = models
+    attack = SDOAttack(model, gen, steps=np.int64(3), kappa=np.float32(0.5), latent_bound=np.float64(0.2))
+    assert (attack.steps, attack.kappa, attack.latent_bound) == (3, 0.5, pytest.approx(0.2))
+
+
 @pytest.mark.parametrize("depth", [(0.5, 0.25), (0.5, 0.5), (), (1, 2)])
 def test_depths_must_increase(models, depth):
     model, gen = models

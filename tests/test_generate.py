@@ -162,6 +162,9 @@ def test_generate_cli_writes_a_resumable_folder(assets, tmp_path):
     (("--classes", "0,9"), "not among the classifier's 4 classes"),
     (("--classes", "zero"), "neither 'all' nor"),
     (("--estimator", "sdo:99"), "outside"),
+    (("--fidelity-halflife", "-3"), "fidelity_halflife must be > 0 or None"),
+    (("--latent-bound", "0"), "latent_bound must be > 0 or None"),
+    (("--lr", "0.05,-1"), "lr must be a number > 0"),
 ])
 def test_generate_cli_bad_input_is_a_clear_error_before_any_sampling(assets, tmp_path, extra, message):
     res = CliRunner().invoke(main, generate_args(assets, tmp_path / "bad", *extra))

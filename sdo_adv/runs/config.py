@@ -189,6 +189,8 @@ class AttackRunConfig:
             raise RunError(f"mask_mode blend needs the sequential sampler, not {self.sampler}", "mask_mode")
         for name in ("kappa", "guard_weight", "guard_kappa"):
             _number(self, name)
+        if self.kappa < 0:
+            raise RunError(f"kappa must be >= 0, got {self.kappa}", "kappa")
         _integer(self, "sweeps", 1)
         for name in ("latent_bound", "tol"):
             if getattr(self, name) is not None:

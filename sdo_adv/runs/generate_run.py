@@ -29,6 +29,7 @@ from ..files import write_text
 from ..generator import SOLVERS
 from ..judging import attack_success, judge_predictions, natural_success
 from ..loading import check_classifier_spec, generator_settings, load_generator
+from ..rates import learning_rate
 from .attack_run import _load, item_seed, run_classes, run_classifier
 from .config import DEVICES, DTYPES, _choice, _integer, _number
 from .dataset import Dataset, Item
@@ -57,7 +58,7 @@ class GenerateRunConfig:
     judges: tuple[str, ...] = ()
     estimator: str = "sdo"
     steps: int = 50
-    lr: float = 0.05
+    lr: float | tuple[float, ...] = 0.05
     depth: tuple[float, ...] = (0.3, 0.5)
     fidelity: float = 200.0
     fidelity_halflife: float | None = 10.0
@@ -91,10 +92,13 @@ class GenerateRunConfig:
             if not self.classes or any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in self.classes):
                 raise RunError(f"classes must be class indices >= 0, got {self.classes!r}", "classes")
             object.__setattr__(self, "classes", tuple(sorted(set(self.classes))))
-        for name in ("lr", "fidelity"):
-            _number(self, name)
-        if self.lr <= 0 or self.fidelity < 0:
-            raise RunError(f"lr must be > 0 and fidelity >= 0, got {self.lr} and {self.fidelity}", "lr")
+        try:
+            object.__setattr__(self, "lr", learning_rate(self.lr))
+        except ValueError as error:
+            raise RunError(str(error), "lr") from None
+        _number(self, "fidelity")
+        if self.fidelity < 0:
+            raise RunError(f"fidelity must be >= 0, got {self.fidelity}", "fidelity")
         depths = (self.depth,) if isinstance(self.depth, (int, float)) else tuple(self.depth)
         if not depths or not all(isinstance(d, (int, float)) and 0 < d <= 1 for d in depths) or \
                 any(a >= b for a, b in zip(depths, depths[1:])):
@@ -103,6 +107,9 @@ class GenerateRunConfig:
         for name in ("fidelity_halflife", "latent_bound", "guidance_scale"):
             if getattr(self, name) is not None:
                 _number(self, name)
+        for name in ("fidelity_halflife", "latent_bound"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise RunError(f"{name} must be > 0 or None, got {getattr(self, name)}", name)
         if self.solver is not None:
             _choice(self, "solver", SOLVERS)
         _choice(self, "dtype", DTYPES)
