@@ -156,6 +156,10 @@ def test_generate_cli_writes_a_resumable_folder(assets, tmp_path):
     out.rename(moved)  # a run folder resumes where it lies
     res = CliRunner().invoke(main, generate_args(assets, moved, "--classes", "0,2", "--per-class", "3", "--judge", judge))
     assert res.exit_code == 0 and "resuming: 6 of 6" in res.output, res.output
+    res = CliRunner().invoke(main, ["merge", str(moved)])
+    assert res.exit_code != 0 and "is an `sdo-adv generate` folder: re-run" in res.output, res.output
+    res = CliRunner().invoke(main, ["evaluate", "--adv", str(moved), "--models", judge])
+    assert res.exit_code != 0 and "evaluate reads `sdo-adv attack` folders" in res.output, res.output
 
 
 @pytest.mark.parametrize("extra,message", [

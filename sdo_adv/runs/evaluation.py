@@ -58,6 +58,9 @@ def evaluate_run(adv_dir: str | Path, specs: Sequence[str], robustbench_dir: str
     if not (adv_dir / RUN).is_file():
         raise RunError(f"{adv_dir} has no {RUN}: not an sdo-adv attack folder", "adv_dir")
     info = json.loads((adv_dir / RUN).read_text())
+    if info.get("command") == "generate":
+        raise RunError(f"{adv_dir} is an `sdo-adv generate` folder; evaluate reads `sdo-adv attack` folders "
+                       "(a generate folder's summary.json and manifest hold its figures)", "adv_dir")
     config, mapping = AttackRunConfig.recorded(info["config"]), info["dataset"].get("input_mapping", "resize")
     parts = sorted(p.name for p in adv_dir.glob(PART_GLOB))
     if parts:

@@ -81,6 +81,9 @@ class RunOutputs:
         if not (out / RUN).is_file():
             raise RunError(f"{out} holds no {RUN}: not an sdo-adv attack output folder", "out")
         info = json.loads((out / RUN).read_text())
+        if info.get("command") == "generate":
+            raise RunError(f"{out} is an `sdo-adv generate` folder: re-run the same `sdo-adv generate` command, "
+                           "which resumes and merges its manifests", "out")
         settings = AttackRunConfig.recorded(info["config"])
         return cls(out, read_dataset(settings["input"], settings["labels"], recorded_synsets(settings)), settings,
                    tuple(info["dataset"]["image_size"]), info.get("notices", []), finished_rows(out),
