@@ -28,7 +28,7 @@ def demo(out: str, n_images: int, steps: int | None, seed: int) -> None:
     from sdo_adv.runs.report import fmt
 
     report = run_demo(out, n=n_images, seed=seed, **({"steps": steps} if steps else {}))
-    click.echo(f"success {report['success_rate']:.0%} of {report['n_images']} digits "
+    click.echo(f"success {fmt(report['success_rate'], '.0%')} of {report['n']} digits "
                f"(clean accuracy {report['clean_accuracy']:.0%}) | judges keep the class "
                f"{fmt(report['judge_agreement'], '.0%')} | mean L2 {fmt(report['mean_l2'], '.2f')} "
                f"| mean SSIM {fmt(report['mean_ssim'], '.3f')} | {report['seconds_per_image']:.2f} s/image")

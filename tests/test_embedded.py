@@ -78,8 +78,8 @@ def test_quick_demo_measures_success(tmp_path):
     from sdo_adv.runs import run_demo
 
     report = run_demo(tmp_path, n=3, steps=2, progress=False)
-    for key in ("clean_accuracy", "success_rate", "judge_agreement", "natural_success_rate", "mean_l2", "mean_ssim",
-                "seconds_per_image", "items"):
+    for key in ("n", "clean_accuracy", "success_rate", "judge_agreement", "natural_success_rate", "mean_l2",
+                "mean_linf", "mean_ssim", "mean_psnr", "seconds_per_image", "items"):  # summary.json's figures
         assert key in report
     assert (tmp_path / "grid.png").stat().st_size > 1000
     saved = json.loads((tmp_path / "report.json").read_text())

@@ -28,8 +28,10 @@ def run_demo(out: str | Path = "demo", n: int = 16, seed: int = 0, progress: boo
     """Attack the first ``n`` shipped held-out digits against the standard embedded classifier
     with SDOAttack's defaults (overridable by ``attack_kwargs``), judged by the embedded judges
     (never attacked, never in the loss); write ``grid.png``, ``report.json`` and
-    ``adversarial.npz`` (float32 images, labels) to ``out``; return the report, whose keys
-    follow ``summary.json`` of ``sdo-adv attack`` (definitions in :mod:`sdo_adv.judging`)."""
+    ``adversarial.npz`` (float32 images, labels) to ``out``; return the report. Its figures have the keys and definitions of ``summary.json`` of
+    ``sdo-adv attack`` (``n``, ``clean_accuracy``, ``success_rate``, ``judge_agreement``,
+    ``natural_success_rate``, ``mean_l2``, ``mean_linf``, ``mean_ssim``, ``mean_psnr``;
+    :mod:`sdo_adv.judging`), beside the demo's own (settings, per-judge agreement, seconds, items)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
@@ -48,18 +50,19 @@ def run_demo(out: str | Path = "demo", n: int = 16, seed: int = 0, progress: boo
                  for spec, pred in judged.items()}
     report = {
         "generator": GENERATOR, "classifier": CLASSIFIER, "judges": list(JUDGES),
-        "n_images": n, "seed": seed, "attack": {k: v for k, v in attack_kwargs.items()},
+        "n": n, "seed": seed, "attack": {k: v for k, v in attack_kwargs.items()},
         "estimator": attack.estimator.name, "steps": attack.steps, "depth": attack.depth, "lr": attack.lr,
         "clean_accuracy": correct.float().mean().item(),
-        "success_rate": ok.sum().item() / max(1, correct.sum().item()),
+        "success_rate": ok.sum().item() / correct.sum().item() if correct.any() else None,
         "judge_agreement": judge_agreement(ok, labels, judged),
-        "natural_success_rate": natural.sum().item() / max(1, correct.sum().item()),
+        "natural_success_rate": natural.sum().item() / correct.sum().item() if correct.any() else None,
         "judge_keeps_label": per_judge,
         "definitions": "sdo_adv.judging: success over the clean-correct digits (untargeted); judge agreement = "
                        "share of successes that every judge still reads as the true label",
         "mean_l2": metrics.l2(adv, images)[ok].mean().item() if ok.any() else None,
         "mean_ssim": metrics.ssim(adv, images)[ok].mean().item() if ok.any() else None,
-        "mean_psnr_db": metrics.psnr(adv, images)[ok].mean().item() if ok.any() else None,
+        "mean_linf": metrics.linf(adv, images)[ok].mean().item() if ok.any() else None,
+        "mean_psnr": metrics.psnr(adv, images)[ok].mean().item() if ok.any() else None,
         "mean_iterations": r.iterations[ok].float().mean().item() if ok.any() else None,
         "reconstruction_mse": r.reconstruction_error.mean().item(),
         "seconds_total": seconds, "seconds_per_image": seconds / n,
@@ -70,7 +73,7 @@ def run_demo(out: str | Path = "demo", n: int = 16, seed: int = 0, progress: boo
         "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
     }
     save_grid(images, adv, labels.tolist(), r.adv_pred.tolist(), out / "grid.png",
-              title=f"SDOAttack on {CLASSIFIER}: {report['success_rate']:.0%} success, "
+              title=f"SDOAttack on {CLASSIFIER}: {report['success_rate'] or 0:.0%} success, "
                     f"the judges keep the label on {report['judge_agreement'] or 0:.0%}")
     with atomic_write(out / "adversarial.npz") as f:
         np.savez_compressed(f, images=adv.numpy(), labels=labels.numpy())
