@@ -1,17 +1,16 @@
 """SDOAttack: natural adversarial images by optimizing a diffusion model's latent."""
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from numbers import Integral, Real
 
 import torch
 from torch import Tensor
 from torchattacks.attack import Attack
 from tqdm.auto import tqdm
 
+from sdo_adv.arguments import count, flag, number
 from sdo_adv.estimators import Estimator, parse_estimator
 from sdo_adv.generator import Condition, DiffusionGenerator, Inversion
 from sdo_adv.imaging import check_images, check_labels
@@ -27,18 +26,6 @@ from .records import AttackResult, AttackStep, Search, counting_calls, finite_gr
 
 OPTIMIZE = ("latent", "cond", "both")
 SAMPLERS = ("sequential", "picard")
-
-
-def _number(name: str, value: object, low: float, strict: bool = False, optional: bool = False) -> float | None:
-    """``value`` as a float; ValueError naming ``name`` unless it is a finite number >= ``low``
-    (> with ``strict``), or None where ``optional``."""
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value) \
-            or value < low or (strict and value == low):
-        bound = f" {'>' if strict else '>='} {low:g}" if low > -math.inf else ""
-        raise ValueError(f"{name} must be a finite number{bound}{' or None' if optional else ''}, got {value!r}")
-    return float(value)
 
 
 class SDOAttack(Attack):
@@ -160,34 +147,27 @@ class SDOAttack(Attack):
         if optimize != "latent" and not self.estimator.reaches_condition:
             raise ValueError(f"estimator {self.estimator.name!r} gives the conditioning no gradient; "
                              "use optimize='latent'")
-        if isinstance(steps, bool) or not isinstance(steps, Integral) or steps < 1:
-            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-        for name, flag in (("early_stop", early_stop), ("progress", progress)):
-            if not isinstance(flag, bool):
-                raise ValueError(f"{name} must be True or False, got {flag!r}")
         self.depths, self.lrs = depth_schedule(self.generator, depth, lr)
         for d in self.depths:
             self.estimator.check(self.generator.num_inference_steps - self.generator.start_index(d))
-        self.steps, self.lr, self.depth = int(steps), learning_rate(lr), depth
-        self.loss, self.kappa, self.fidelity = loss, _number("kappa", kappa, 0), _number("fidelity", fidelity, 0)
-        self.latent_bound = _number("latent_bound", latent_bound, 0, strict=True, optional=True)
-        self.optimize, self.early_stop = optimize, early_stop
-        self.fidelity_halflife = _number("fidelity_halflife", fidelity_halflife, 0, strict=True, optional=True)
-        self.prompts, self.progress, self.callback = prompts, progress, callback
+        self.steps, self.lr, self.depth = count("steps", steps), learning_rate(lr), depth
+        self.loss, self.kappa, self.fidelity = loss, number("kappa", kappa, 0), number("fidelity", fidelity, 0)
+        self.latent_bound = number("latent_bound", latent_bound, 0, strict=True, optional=True)
+        self.optimize, self.early_stop = optimize, flag("early_stop", early_stop)
+        self.fidelity_halflife = number("fidelity_halflife", fidelity_halflife, 0, strict=True, optional=True)
+        self.prompts, self.progress, self.callback = prompts, flag("progress", progress), callback
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; accepted: {', '.join(SAMPLERS)}")
         if hold not in HOLDS:
             raise ValueError(f"unknown hold {hold!r}; accepted: {', '.join(HOLDS)}")
-        if isinstance(sweeps, bool) or not isinstance(sweeps, Integral) or sweeps < 1:
-            raise ValueError(f"sweeps must be an integer >= 1, got {sweeps!r}")
-        self.sampler, self.sweeps, self.tol = sampler, int(sweeps), _number("tol", tol, 0, strict=True, optional=True)
+        self.sampler, self.sweeps, self.tol = sampler, count("sweeps", sweeps), number("tol", tol, 0, strict=True, optional=True)
         self._picard = PicardSampler(self.generator, self.sweeps, tol, hold=hold) if sampler == "picard" else None
         guard = self.generator.guard if guard == "auto" else guard
         self.guard = load_classifier(guard).to(self.generator.device).eval() if isinstance(guard, str) else guard
         if self.guard is model:
             raise ValueError("the guard is the victim: a guard must be another classifier")
-        self.guard_weight = _number("guard_weight", guard_weight, 0)
-        self.guard_kappa = _number("guard_kappa", guard_kappa, -math.inf)
+        self.guard_weight = number("guard_weight", guard_weight, 0)
+        self.guard_kappa = number("guard_kappa", guard_kappa)
         self.mask, self.mask_mode = mask, check_mask_mode(mask_mode, sampler)
         self.supported_mode = ["default", "targeted"]
         self.last_result: AttackResult | None = None
