@@ -306,17 +306,28 @@ class DiffusionGenerator(nn.Module):
             raise ValueError(f"depth fraction must be in (0, 1], got {depth}")
         return n - max(1, round(depth * n))
 
+    def state_alphas(self) -> Tensor:
+        """float64 ``(n + 1,)`` cumulative alphas of the sampling states: entry 0 that of
+        ``t_0``, entry ``i + 1`` the one a DDIM step from ``t_i`` lands on (``t_i`` minus the
+        training steps over ``n``, as diffusers' DDIMScheduler steps; ``t_{i+1}`` under its
+        default spacing), the last the final (clean) state."""
+        sched, ts = self.scheduler, self.timesteps()
+        abar = sched.alphas_cumprod.double()
+        final = getattr(sched, "final_alpha_cumprod", torch.tensor(1.0)).double().reshape(())
+        prev = ts - sched.config.num_train_timesteps // len(ts)
+        landed = [abar[p] if p >= 0 else final for p in prev.tolist()]
+        return torch.stack([abar[ts[0]], *landed])
+
     def ddim_coefficients(self, start: int = 0) -> tuple[Tensor, Tensor]:
         """float64 ``(a, b)`` with ``x_{i+1} = a_i x_i + b_i * output(x_i, t_i)`` for the DDIM
-        (eta = 0) update over the steps from ``start``; exact for the ``ddim`` solver."""
+        (eta = 0) update over the steps from ``start``; exact for the ``ddim`` solver, at every
+        timestep spacing."""
         sched = self.scheduler
-        abar = sched.alphas_cumprod.double()
+        abar, landed = sched.alphas_cumprod.double(), self.state_alphas()
         ts = self.timesteps()
-        final = getattr(sched, "final_alpha_cumprod", torch.tensor(1.0)).double()
         a, b = [], []
         for i in range(start, len(ts)):
-            at = abar[ts[i]]
-            an = abar[ts[i + 1]] if i + 1 < len(ts) else final
+            at, an = abar[ts[i]], landed[i + 1]
             if sched.config.prediction_type == "epsilon":
                 a.append((an / at).sqrt())
                 b.append((1 - an).sqrt() - (an * (1 - at) / at).sqrt())

@@ -76,7 +76,7 @@ class Region:
         if self.mask is None or self.mode != "blend":
             return
         clean = generator.encode(generator.to_generator(self.images)).to(latents.dtype)
-        abar = _alphas(generator)[start]
+        abar = generator.scheduler.alphas_cumprod.double()[generator.timesteps()[start]]  # as the inversion took it
         noise = (latents - abar.sqrt() * clean) / (1 - abar).sqrt()
         mask = F.interpolate(generator.fit(self.mask), size=latents.shape[-2:], mode="area")
         self._known = (clean, noise, mask)
@@ -89,7 +89,7 @@ class Region:
         if self._known is None:
             return None
         clean, noise, mask = (v[index] for v in self._known)
-        abar = _alphas(generator).to(clean.device)
+        abar = generator.state_alphas().to(clean.device)
 
         def blend(step: dict[str, Any]) -> None:
             a = abar[start + step["i"] + 1].to(clean.dtype)
@@ -98,11 +98,3 @@ class Region:
 
         return blend
 
-
-def _alphas(generator: DiffusionGenerator) -> Tensor:
-    """float64 ``(n + 1,)`` cumulative alphas of the sampling schedule's states: entry ``i`` is
-    the state at schedule index ``i``, the last the final (clean) state."""
-    sched = generator.scheduler
-    abar = sched.alphas_cumprod.double()
-    final = getattr(sched, "final_alpha_cumprod", torch.tensor(1.0)).double()
-    return torch.cat([abar[generator.timesteps()], final.reshape(1)])

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sdo_adv.estimators import CallMode, parse_estimator
-from tiny import pixel_generator
+from tiny import ddpm_scheduler, pixel_generator, tiny_unet
 
 T = 4
 B = 2
@@ -79,6 +79,22 @@ def test_engine_coefficients_match_scheduler(setup):
     # and scheduler.step is exactly x_{i+1} = a_i x_i + b_i out
     sched = gen.scheduler
     sched.set_timesteps(T)
+    x, out = torch.randn(3, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+    for i, t in enumerate(sched.timesteps):
+        assert torch.allclose(sched.step(out, t, x).prev_sample, a[i] * x + b[i] * out, atol=1e-6)
+
+
+@pytest.mark.parametrize("spacing,steps", [("leading", 4), ("trailing", 3), ("linspace", 4), ("trailing", 30)])
+def test_engine_coefficients_match_the_ddim_step_at_every_spacing(spacing, steps):
+    """The inversion's coefficients are the sampler's own steps, also where the spacing of the
+    timesteps is not the training steps over ``n`` (then ``t_i`` minus that ratio, as
+    diffusers' DDIMScheduler steps, is not ``t_{i+1}``)."""
+    from sdo_adv import DiffusionGenerator
+
+    gen = DiffusionGenerator.from_diffusers(unet=tiny_unet(), scheduler=ddpm_scheduler(timestep_spacing=spacing),
+                                            num_inference_steps=steps).to(torch.float64)
+    a, b = gen.ddim_coefficients()
+    sched = gen.trajectory_scheduler()
     x, out = torch.randn(3, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
     for i, t in enumerate(sched.timesteps):
         assert torch.allclose(sched.step(out, t, x).prev_sample, a[i] * x + b[i] * out, atol=1e-6)
