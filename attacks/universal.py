@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from sdo_adv.arguments import count, number
 from sdo_adv.estimators import parse_estimator
 from sdo_adv.files import atomic_write, write_text
 from sdo_adv.generator import DiffusionGenerator
@@ -66,7 +67,7 @@ class UniversalSDO:
     Examples::
         >>> universal = UniversalSDO(model, "sdo-adv:digits", classes=range(10))
         >>> universal.train(30)
-        >>> images = universal.sample(torch.tensor([3, 7]), seeds=[10_000, 10_001])
+        >>> adversarial, plain = universal.sample(torch.tensor([3, 7]), seeds=[10_000, 10_001])
     """
 
     def __init__(self, model: torch.nn.Module, generator: DiffusionGenerator | str, classes: Sequence[int],
@@ -80,18 +81,23 @@ class UniversalSDO:
                              "has no class to change")
         if variable not in VARIABLES:
             raise ValueError(f"unknown variable {variable!r}; accepted: {', '.join(VARIABLES)}")
-        self.classes = [int(c) for c in classes]
-        n = gen.num_classes if gen.class_conditional else None
-        if not self.classes or min(self.classes) < 0 or (n is not None and max(self.classes) >= n) \
-                or len(set(self.classes)) != len(self.classes):
+        gen = with_guidance(gen, guidance_scale)  # it may take the last class embedding as the null class
+        self.classes = [count("class", c.item() if isinstance(c, Tensor) else c, 0) for c in classes]
+        n = gen.num_classes if gen.class_conditional else len(gen.class_names or ())
+        if not self.classes or (n and max(self.classes) >= n) or len(set(self.classes)) != len(self.classes):
             raise ValueError(f"classes must be distinct class indices in [0, {n}), got {self.classes}")
-        if not 0 < bound or not 0 < depth <= 1 or batch_size < 1 or pool < batch_size:
-            raise ValueError(f"need bound > 0, depth in (0, 1], batch_size >= 1 and pool >= batch_size; got "
-                             f"{bound}, {depth}, {batch_size}, {pool}")
-        gen = with_guidance(gen, guidance_scale)
-        lr = LEARNING_RATES[variable] if lr is None else lr
+        bound, depth = number("bound", bound, 0, strict=True), number("depth", depth, 0, strict=True)
+        batch_size, rank = count("batch_size", batch_size), count("rank", rank)
+        if depth > 1 or count("pool", pool) < batch_size:
+            raise ValueError(f"need depth in (0, 1] and pool >= batch_size; got {depth}, {pool}, {batch_size}")
+        lr = number("lr", LEARNING_RATES[variable] if lr is None else lr, 0, strict=True)
+        fidelity, kappa = number("fidelity", fidelity, 0), number("kappa", kappa, 0)
+        guard_weight, seed = number("guard_weight", guard_weight, 0), count("seed", seed, 0)
         self.model, self.generator, self.guard = model, gen, guard
         self.estimator = parse_estimator(estimator)
+        if variable != "latent" and not self.estimator.reaches_condition:
+            raise ValueError(f"estimator {self.estimator.name!r} gives the conditioning and the network no "
+                             f"gradient, so variable={variable!r} would not train; use variable='latent'")
         self.start = gen.start_index(float(depth))
         self.estimator.check(gen.num_inference_steps - self.start)
         self.settings: dict[str, Any] = {
@@ -142,6 +148,9 @@ class UniversalSDO:
         """Adversarial samples of ``labels`` (classes among :attr:`classes`) from the noise of
         ``seeds``, and the plain samples of the same noise: two ``(N, C, S, S)`` in [0, 1]."""
         labels = torch.as_tensor(labels).long()
+        if labels.ndim != 1 or not len(labels) or isinstance(seeds, (int, str)):
+            raise ValueError(f"labels must be a non-empty 1-D sequence and seeds one int per label, got labels "
+                             f"of shape {tuple(labels.shape)} and seeds {seeds!r}")
         unknown = sorted({int(c) for c in labels} - set(self.classes))
         if unknown or len(seeds) != len(labels):
             raise ValueError(f"classes {unknown} have no learned change (learned: {self.classes})" if unknown
@@ -170,7 +179,9 @@ class UniversalSDO:
             rng = torch.Generator().manual_seed(self.settings["seed"] * 7919 + self.step)
             pick = torch.cat([k * n + torch.randperm(n, generator=rng)[:bs] for k in range(len(self.classes))])
             y = labels[pick].to(states.device)
-            images = self._changed(states[pick], y, self.estimator)
+            estimator = self.estimator if self.estimator.arg != "random" else \
+                parse_estimator(self.estimator.name, seed=self.settings["seed"] * 7919 + self.step)  # resumable
+            images = self._changed(states[pick], y, estimator)
             logits = self.model(images)
             loss = attack_loss(logits, y, "cw", False, self.settings["kappa"])
             loss = loss + self.settings["fidelity"] * (images - plain[pick]).flatten(1).pow(2).mean(1)

@@ -162,6 +162,16 @@ def test_generate_cli_writes_a_resumable_folder(assets, tmp_path):
     assert res.exit_code != 0 and "evaluate reads `sdo-adv attack` folders" in res.output, res.output
 
 
+def test_generate_with_random_steps_does_not_depend_on_batching(assets, tmp_path):
+    images = []
+    for out, batch in ((tmp_path / "a", "1"), (tmp_path / "b", "3")):
+        res = CliRunner().invoke(main, generate_args(assets, out, "--classes", "0,2", "--per-class", "2",
+                                                     "--estimator", "sdo:random", "--steps", "6", "--batch-size", batch))
+        assert res.exit_code == 0, res.output
+        images.append({r["file"]: (out / r["file"]).read_bytes() for r in rows(out)})
+    assert images[0] == images[1] and len(images[0]) == 4
+
+
 @pytest.mark.parametrize("extra,message", [
     (("--classes", "0,9"), "not among the classifier's 4 classes"),
     (("--classes", "zero"), "neither 'all' nor"),

@@ -119,6 +119,30 @@ def test_bad_inputs_are_clear_errors(models, tmp_path):
         universal.sample(torch.tensor([0, 2]), [1, 2])
     with pytest.raises(FileNotFoundError, match="universal.json is missing"):
         UniversalSDO.load(tmp_path, model, gen)
+    with pytest.raises(ValueError, match="seeds one int per label"):
+        universal.sample(torch.tensor([0, 1]), 5)
+    with pytest.raises(ValueError, match="would not train"):
+        UniversalSDO(model, gen, classes=[0], variable="cond", estimator="skip")
+    for setting, value in (("fidelity", -1.0), ("kappa", -3.0), ("batch_size", 1.5), ("bound", 0.0)):
+        with pytest.raises(ValueError, match=setting):
+            UniversalSDO(model, gen, classes=[0], **{setting: value})
+    no_null = DiffusionGenerator.from_diffusers(tiny_unet(), ddpm_scheduler(), num_inference_steps=4, guidance_scale=1.0)
+    last = no_null.unet.config.num_class_embeds - 1  # becomes the null class under guidance
+    with pytest.raises(ValueError, match="distinct class indices"):
+        UniversalSDO(model, no_null, classes=[0, last])
+
+
+def test_training_with_random_steps_resumes_as_if_uninterrupted(models, tmp_path):
+    model, gen = models
+    settings = {**TINY, "estimator": "sdo:random"}
+    whole = UniversalSDO(model, gen, classes=[1, 3], **settings)
+    whole.train(4)
+    part = UniversalSDO(model, gen, classes=[1, 3], **settings)
+    part.train(2)
+    resumed = UniversalSDO.load(part.save(tmp_path / "u"), model, gen)
+    resumed.train(4)
+    assert torch.allclose(resumed.latent_offset, whole.latent_offset, atol=1e-6)
+    assert torch.allclose(resumed.cond_offset, whole.cond_offset, atol=1e-6)
 
 
 # ---- the command line ------------------------------------------------------------------------

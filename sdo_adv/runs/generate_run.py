@@ -170,6 +170,11 @@ class GenerateRun:
                               num_inference_steps=generator.num_inference_steps,
                               solver=config.solver or stored.get("solver", "ddim"))
         self._check_resume()
+        self.random_estimator = parse_estimator(config.estimator).arg == "random"
+        if self.random_estimator and config.batch_size > 1 and self.universal is None:
+            self._say("sdo:random draws one step per iteration for a whole batch: generating one sample at a "
+                      "time so that results do not depend on batching")
+            self.config = replace(self.config, batch_size=1)
         try:
             self.attack = SDOGenerate(
                 self.classifier, generator,
@@ -248,6 +253,8 @@ class GenerateRun:
             adv, draws = self.universal.sample(labels, seeds)
             iterations, failures = [0] * len(batch), [None] * len(batch)
         else:
+            if self.random_estimator:
+                self.attack.estimator = parse_estimator(self.config.estimator, seed=seeds[0])
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*converting explicitly")
                 adv = self.attack.generate(labels, seeds)
