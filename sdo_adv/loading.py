@@ -14,6 +14,7 @@ import ast
 import importlib.util
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -168,9 +169,11 @@ def check_classifier_spec(spec: str | Path) -> None:
     elif sep and scheme == "timm":
         import timm
 
-        name, _, ckpt = rest.partition("@")
+        name, at, ckpt = rest.partition("@")
         if not timm.is_model(name):
             raise ValueError(f"unknown timm model {name!r}")
+        if at and not ckpt:
+            raise ValueError(f"timm spec {spec_s!r} names no checkpoint after '@' (timm:<name>@<checkpoint file>)")
         if ckpt and not Path(ckpt).is_file():
             raise FileNotFoundError(f"checkpoint not found: {ckpt}")
     elif sep and scheme == "robustbench":
@@ -334,10 +337,11 @@ def _robustbench_classifier(rest: str, model_dir: str | Path) -> ImageClassifier
         raise ValueError(f"unknown robustbench threat model {threat!r} for {dataset}") from None
     if name not in zoo:
         raise ValueError(f"unknown robustbench model {name!r} in {dataset}/{threat}")
-    path = Path(model_dir) / dataset / threat / f"{name}.pt"
-    if not path.is_file():
-        raise FileNotFoundError(f"robustbench checkpoint for {name} not found at {path} "
-                                "(download it with network access or pass model_dir)")
+    missing = [p for p in _robustbench_files(zoo[name], dataset, threat, name, model_dir) if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"robustbench checkpoint for {name} not found at {', '.join(map(str, missing))} "
+                                "(fetch it once with robustbench.load_model where the network is reachable, "
+                                "or pass model_dir)")
     model = rb.load_model(model_name=name, model_dir=str(model_dir), dataset=dataset, threat_model=threat)
     n = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}[dataset]
     # the zoo's ImageNet preprocessing as timm's eval transform (Resize(256), CenterCrop(224)); others squash
@@ -345,6 +349,20 @@ def _robustbench_classifier(rest: str, model_dir: str | Path) -> ImageClassifier
     config = {"crop_pct": 224 / 256, "interpolation": resized} if resized else None
     return ImageClassifier(model, ROBUSTBENCH_INPUT[dataset], (0.0,), (1.0,), n,
                            name=f"robustbench:{rest}", data_config=config).eval()
+
+
+def _robustbench_files(entry: dict[str, Any], dataset: str, threat: str, name: str, model_dir: str | Path) -> list[Path]:
+    """The files robustbench's ``load_model`` reads under ``model_dir`` for a zoo entry (an
+    ensemble's members as ``<name>.pt_m<i>.pt``); none where it reads no file there: ImageNet
+    ``Standard*`` (torchvision's weights) and models robustbench takes from timm."""
+    import timm
+
+    timm_name = f"{name.lower().replace('-', '_')}_{dataset}_{threat.lower()}"
+    ids = entry.get("gdrive_id")
+    if timm.is_model(timm_name) or ids is None or (dataset == "imagenet" and "Standard" in name):
+        return []
+    path = Path(model_dir) / dataset / threat / f"{name}.pt"
+    return [Path(f"{path}_m{i}.pt") for i in range(len(ids))] if isinstance(ids, list) else [path]
 
 
 def _compat_robustbench():
@@ -358,11 +376,16 @@ def _file_classifier(spec: str, kwargs: dict[str, Any]) -> ImageClassifier:
     path = Path(file)
     module_spec = importlib.util.spec_from_file_location(f"sdo_adv_user_{path.stem}", path)
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    factory = factory or "create_model"
-    if not callable(getattr(module, factory, None)):
-        raise ValueError(f"{path} has no callable {factory!r} (name it with {path}:<function>)")
-    model = getattr(module, factory)()
+    folder = str(path.resolve().parent)
+    sys.path.insert(0, folder)  # the file may import modules beside it
+    try:
+        module_spec.loader.exec_module(module)
+        factory = factory or "create_model"
+        if not callable(getattr(module, factory, None)):
+            raise ValueError(f"{path} has no callable {factory!r} (name it with {path}:<function>)")
+        model = getattr(module, factory)()
+    finally:
+        sys.path.remove(folder)
     if not isinstance(model, nn.Module):
         raise TypeError(f"{path}:{factory} returned {type(model).__name__}, not an nn.Module")
     return load_classifier(model, **kwargs)

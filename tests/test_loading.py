@@ -209,6 +209,7 @@ def test_cli_refuses_pickled_checkpoint_cleanly(tmp_path):
                                         ("robustbench:cifar10/Linf", "robustbench spec must be"),
                                         ("robustbench:mnist/Linf/x", "unknown robustbench dataset"),
                                         ("robustbench:cifar10/Linf/NoSuchModel", "unknown robustbench model"),
+                                        ("timm:resnet18@", "names no checkpoint"),
                                         ("sdo-adv:nope", "unknown embedded classifier"),
                                         ("missing_file.py", "not found")])
 def test_bad_classifier_specs(spec, match):
@@ -236,6 +237,33 @@ def test_robustbench_checkpoint_where_load_model_looks(tmp_path, dataset, name, 
     assert clf.input_size == shape and float(clf.std.max()) == 1.0 and float(clf.mean.abs().max()) == 0.0
     out = clf(torch.rand(1, 3, 40, 40))
     assert out.shape == (1, 1000 if dataset == "imagenet" else 10)
+
+
+def test_robustbench_ensembles_and_torchvision_models_need_no_single_checkpoint(tmp_path):
+    """An ensemble's members are <name>.pt_m<i>.pt; ImageNet Standard_R50 reads none under model_dir."""
+    from sdo_adv._compat import import_robustbench_utils
+
+    import_robustbench_utils()
+    from robustbench.model_zoo import model_dicts
+    from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
+
+    from sdo_adv.loading import _robustbench_files
+
+    zoo = model_dicts[BenchmarkDataset("cifar10")][ThreatModel.Linf]
+    members = _robustbench_files(zoo["Chen2020Adversarial"], "cifar10", "Linf", "Chen2020Adversarial", tmp_path)
+    assert [p.name for p in members] == [f"Chen2020Adversarial.pt_m{i}.pt" for i in range(3)]
+    with pytest.raises(FileNotFoundError, match="Chen2020Adversarial.pt_m0.pt"):
+        load_classifier("robustbench:cifar10/Linf/Chen2020Adversarial", model_dir=tmp_path)
+    imagenet = model_dicts[BenchmarkDataset("imagenet")][ThreatModel.Linf]
+    assert _robustbench_files(imagenet["Standard_R50"], "imagenet", "Linf", "Standard_R50", tmp_path) == []
+
+
+def test_python_file_factory_imports_modules_beside_it(tmp_path):
+    (tmp_path / "helper_layers.py").write_text("import torch\nnet = torch.nn.Sequential(torch.nn.Flatten(), "
+                                               "torch.nn.Linear(12, 3))\n")
+    (tmp_path / "sibling.py").write_text("from helper_layers import net\ndef create_model():\n    return net\n")
+    clf = load_classifier(str(tmp_path / "sibling.py"), input_size=(3, 2, 2))
+    assert clf(torch.rand(1, 3, 2, 2)).shape == (1, 3) and str(tmp_path) not in sys.path
 
 
 def test_python_file_factory(tmp_path):
