@@ -18,7 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .estimators import CallMode, Estimator, parse_estimator
 from .imaging import convert_channels, fit, unfit
-from .memory import MemoryPlan
+from .memory import MEMORY_MODES, MemoryPlan
 
 SOLVERS = ("ddim", "dpm++")
 INPUT_MAPPINGS = ("resize", "pad")
@@ -88,13 +88,13 @@ class DiffusionGenerator(nn.Module):
                  class_names: Sequence[str] | None = None, prompt_template: str = "a photo of a {}",
                  input_mapping: str = "resize", guard: str | None = None, memory: str = "auto") -> None:
         super().__init__()
+        check_settings(num_inference_steps=num_inference_steps, solver=solver, input_mapping=input_mapping,
+                       memory=memory)  # before the memory plan patches the networks
         self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer
         self.requires_grad_(False).eval()
         memory = ("checkpoint" if vae is not None else "none") if memory == "auto" else memory
         self.memory = MemoryPlan(memory, [unet] + ([getattr(vae, "decoder", vae)] if vae is not None else []))
         self.scheduler = _sampling_scheduler(scheduler, solver)
-        if num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
         self.num_inference_steps, self.guidance_scale = int(num_inference_steps), float(guidance_scale)
         num_class_embeds = getattr(unet.config, "num_class_embeds", None)
         if null_class is None and num_class_embeds and guidance_scale != 1.0:
@@ -102,8 +102,6 @@ class DiffusionGenerator(nn.Module):
         self.null_class = null_class
         self.class_names = list(class_names) if class_names is not None else None
         self.prompt_template = prompt_template
-        if input_mapping not in INPUT_MAPPINGS:
-            raise ValueError(f"unknown input_mapping {input_mapping!r}; accepted: {', '.join(INPUT_MAPPINGS)}")
         self.input_mapping, self.guard = input_mapping, guard
 
     @classmethod
@@ -389,6 +387,25 @@ class DiffusionGenerator(nn.Module):
 
 
 Generator = DiffusionGenerator
+SETTINGS = ("num_inference_steps", "guidance_scale", "null_class", "solver", "class_names", "prompt_template",
+            "input_mapping", "guard", "memory")  # DiffusionGenerator's keyword settings
+
+
+def check_settings(**settings: Any) -> None:
+    """ValueError naming the first of ``settings`` (DiffusionGenerator's keyword settings) that
+    is unknown or out of range, without building anything."""
+    unknown = sorted(set(settings) - set(SETTINGS))
+    if unknown:
+        raise ValueError(f"unknown generator settings {unknown}; accepted: {', '.join(SETTINGS)}")
+    steps = settings.get("num_inference_steps", 1)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"num_inference_steps must be an integer >= 1, got {steps!r}")
+    if settings.get("solver") not in (*SOLVERS, None):
+        raise ValueError(f"unknown solver {settings['solver']!r}; accepted: {', '.join(SOLVERS)} or None")
+    if settings.get("input_mapping", "resize") not in INPUT_MAPPINGS:
+        raise ValueError(f"unknown input_mapping {settings['input_mapping']!r}; accepted: {', '.join(INPUT_MAPPINGS)}")
+    if settings.get("memory", "auto") not in ("auto", *MEMORY_MODES):
+        raise ValueError(f"unknown memory option {settings['memory']!r}; accepted: auto, {', '.join(MEMORY_MODES)}")
 
 
 def _sampling_scheduler(scheduler: Any, solver: str | None) -> Any:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .classifier import ImageClassifier
-from .generator import DiffusionGenerator
+from .generator import SETTINGS, DiffusionGenerator, check_settings
 
 MODELS_DIR = Path(__file__).parent / "models"
 GENERATOR_FORMS = ("sdo-adv:<embedded name>", "a local diffusers folder", "a hub id org/name")
@@ -55,8 +55,6 @@ def _embedded(name: str, kind: str) -> dict[str, Any]:
 
 
 # ---- generators ---------------------------------------------------------------------------
-STORED_SETTINGS = ("num_inference_steps", "guidance_scale", "null_class", "solver", "class_names", "prompt_template",
-                   "input_mapping", "guard", "memory")
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 
 
@@ -92,7 +90,7 @@ def generator_settings(spec: str | Path) -> dict[str, Any]:
     stored = json.loads(info.read_text())
     if "sampler" in stored and "solver" not in stored:  # the key's name before 0.2
         stored["solver"] = stored["sampler"]
-    return {k: stored[k] for k in STORED_SETTINGS if k in stored}
+    return {k: stored[k] for k in SETTINGS if k in stored}
 
 
 def load_generator(spec: str | Path | DiffusionGenerator, **kwargs: Any) -> DiffusionGenerator:
@@ -107,6 +105,8 @@ def load_generator(spec: str | Path | DiffusionGenerator, **kwargs: Any) -> Diff
 
     source = generator_source(spec)
     torch_dtype = kwargs.pop("torch_dtype", None)
+    settings = {**generator_settings(spec), **kwargs}
+    check_settings(**settings)  # before diffusers loads the weights
     extra = {"safety_checker": None, "requires_safety_checker": False}
     index = json.loads((source / "model_index.json").read_text()) if isinstance(source, Path) else {}
     if index and "safety_checker" not in index:
@@ -115,7 +115,7 @@ def load_generator(spec: str | Path | DiffusionGenerator, **kwargs: Any) -> Diff
         pipe = DiffusionPipeline.from_pretrained(source, torch_dtype=torch_dtype, **extra)
     except OSError as err:
         raise FileNotFoundError(f"cannot load diffusers model {str(source)!r}: {err}") from err
-    return DiffusionGenerator.from_pipeline(pipe, **{**generator_settings(spec), **kwargs})
+    return DiffusionGenerator.from_pipeline(pipe, **settings)
 
 
 # ---- classifiers ----------------------------------------------------------------------------

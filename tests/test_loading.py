@@ -53,6 +53,19 @@ def test_stored_defaults_are_read(tmp_path):
     assert load_generator(folder, num_inference_steps=2).num_inference_steps == 2
 
 
+@pytest.mark.parametrize("settings,match", [({"solver": "euler"}, "unknown solver"),
+                                             ({"num_inference_step": 5}, "unknown generator settings"),
+                                             ({"input_mapping": "crop"}, "unknown input_mapping"),
+                                             ({"num_inference_steps": 0}, "num_inference_steps must be")])
+def test_bad_generator_settings_fail_before_the_weights_load(tmp_path, monkeypatch, settings, match):
+    from diffusers import DiffusionPipeline
+
+    folder = save_ddpm(tmp_path / "ddpm")
+    monkeypatch.setattr(DiffusionPipeline, "from_pretrained", lambda *a, **k: pytest.fail("weights loaded"))
+    with pytest.raises(ValueError, match=match):
+        load_generator(folder, **settings)
+
+
 def test_latent_text_pipeline_folder(tmp_path):
     gen = load_generator(save_latent_text(tmp_path / "sd"), num_inference_steps=2, guidance_scale=2.0)
     assert gen.latent_space and gen.text_conditional and gen.image_size == 16
