@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from numbers import Integral
 from typing import Any
 
 import torch
@@ -109,8 +110,12 @@ class SDOGenerate(SDOAttack):
         n = labels.shape[0] if labels.ndim == 1 and labels.numel() else 0
         if n == 0:
             raise ValueError(f"labels must be a non-empty 1-D tensor of classes, got shape {tuple(labels.shape)}")
-        check_labels(labels, n, gen.num_classes if gen.class_conditional else None)
-        seeds = [seeds + i for i in range(n)] if isinstance(seeds, int) else [int(s) for s in seeds]
+        named = len(gen.class_names) if gen.class_names and self.prompts is None else None  # prompts from names
+        check_labels(labels, n, gen.num_classes if gen.class_conditional else named)
+        victim = getattr(self.model, "num_classes", None)
+        if isinstance(victim, int) and labels.max() >= victim:
+            raise ValueError(f"labels go up to {labels.max().item()} but the classifier has {victim} classes")
+        seeds = [int(seeds) + i for i in range(n)] if isinstance(seeds, Integral) else [int(s) for s in seeds]
         if len(seeds) != n:
             raise ValueError(f"got {len(seeds)} seeds for {n} labels")
         noise = self.noise(seeds)

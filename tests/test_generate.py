@@ -2,6 +2,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -88,6 +89,18 @@ def test_bad_labels_and_seeds_fail_before_sampling(models, labels, seeds, match)
     NoSampling(gen)
     with pytest.raises(ValueError, match=match):
         attack.generate(labels, seeds)
+
+
+def test_labels_beyond_the_classifier_fail_before_sampling(models):
+    from sdo_adv import load_classifier
+
+    _, gen = models
+    small = load_classifier(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3)), input_size=(1, 8, 8),
+                            num_classes=3)
+    attack = SDOGenerate(small, gen, **TINY)
+    NoSampling(gen)
+    with pytest.raises(ValueError, match="the classifier has 3 classes"):
+        attack.generate(torch.tensor([0, 3]), np.int64(5))
 
 
 def test_generation_needs_a_conditional_generator_and_generate(models):
