@@ -6,7 +6,6 @@ for pixel-space models, or the VAE's scaled latent space for latent models.
 from __future__ import annotations
 
 import copy
-import warnings
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,10 +17,9 @@ from torch.utils.checkpoint import checkpoint
 
 from .estimators import CallMode, Estimator, parse_estimator
 from .imaging import convert_channels, fit, unfit
-from .memory import MEMORY_MODES, MemoryPlan
+from .generator_settings import check_settings, sampling_scheduler
+from .memory import MemoryPlan
 
-SOLVERS = ("ddim", "dpm++")
-INPUT_MAPPINGS = ("resize", "pad")
 
 
 @dataclass
@@ -94,7 +92,7 @@ class DiffusionGenerator(nn.Module):
         self.requires_grad_(False).eval()
         memory = ("checkpoint" if vae is not None else "none") if memory == "auto" else memory
         self.memory = MemoryPlan(memory, [unet] + ([getattr(vae, "decoder", vae)] if vae is not None else []))
-        self.scheduler = _sampling_scheduler(scheduler, solver)
+        self.scheduler = sampling_scheduler(scheduler, solver)
         self.num_inference_steps, self.guidance_scale = int(num_inference_steps), float(guidance_scale)
         num_class_embeds = getattr(unet.config, "num_class_embeds", None)
         if null_class is None and num_class_embeds and guidance_scale != 1.0:
@@ -387,42 +385,3 @@ class DiffusionGenerator(nn.Module):
 
 
 Generator = DiffusionGenerator
-SETTINGS = ("num_inference_steps", "guidance_scale", "null_class", "solver", "class_names", "prompt_template",
-            "input_mapping", "guard", "memory")  # DiffusionGenerator's keyword settings
-
-
-def check_settings(**settings: Any) -> None:
-    """ValueError naming the first of ``settings`` (DiffusionGenerator's keyword settings) that
-    is unknown or out of range, without building anything."""
-    unknown = sorted(set(settings) - set(SETTINGS))
-    if unknown:
-        raise ValueError(f"unknown generator settings {unknown}; accepted: {', '.join(SETTINGS)}")
-    steps = settings.get("num_inference_steps", 1)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"num_inference_steps must be an integer >= 1, got {steps!r}")
-    if settings.get("solver") not in (*SOLVERS, None):
-        raise ValueError(f"unknown solver {settings['solver']!r}; accepted: {', '.join(SOLVERS)} or None")
-    if settings.get("input_mapping", "resize") not in INPUT_MAPPINGS:
-        raise ValueError(f"unknown input_mapping {settings['input_mapping']!r}; accepted: {', '.join(INPUT_MAPPINGS)}")
-    if settings.get("memory", "auto") not in ("auto", *MEMORY_MODES):
-        raise ValueError(f"unknown memory option {settings['memory']!r}; accepted: auto, {', '.join(MEMORY_MODES)}")
-
-
-def _sampling_scheduler(scheduler: Any, solver: str | None) -> Any:
-    """A copy of ``scheduler`` converted for deterministic sampling, with sample clipping and
-    thresholding switched off (their clamps zero the gradient of clipped elements)."""
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
-
-    config = dict(scheduler.config)
-    overrides = {k: False for k in ("clip_sample", "thresholding") if config.get(k)}
-    if overrides:
-        warnings.warn(f"scheduler options {sorted(overrides)} clamp samples and kill their gradients; "
-                      "they are switched off for differentiable sampling", stacklevel=3)
-    if solver is None:
-        return type(scheduler).from_config(config, **overrides)
-    if solver == "ddim":
-        return DDIMScheduler.from_config(config, **overrides)
-    if solver == "dpm++":
-        return DPMSolverMultistepScheduler.from_config(
-            config, **overrides, algorithm_type="dpmsolver++", solver_order=2)
-    raise ValueError(f"unknown solver {solver!r}; accepted: {', '.join(SOLVERS)} or None")

@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from .classifier import ImageClassifier
-from .generator import SETTINGS, DiffusionGenerator, check_settings
+from .generator import DiffusionGenerator
+from .generator_settings import SETTINGS, check_settings
 
 MODELS_DIR = Path(__file__).parent / "models"
 GENERATOR_FORMS = ("sdo-adv:<embedded name>", "a local diffusers folder", "a hub id org/name")
@@ -291,6 +292,14 @@ def _timm_classifier(name: str, pretrained: bool, ckpt: str | None, trust_pickle
     import timm
 
     state = load_state_dict(ckpt, trust_pickle=trust_pickle) if ckpt is not None else None
+    if state is not None:  # a fine-tuned checkpoint's head and stem say its classes and channels
+        cfg = timm.models.get_pretrained_cfg(name)
+        head, stem = (state.get(f"{key}.weight") if isinstance(key, str) else None
+                      for key in ((cfg.classifier, cfg.first_conv) if cfg else (None, None)))
+        if head is not None and head.ndim == 2:
+            kwargs = {"num_classes": head.shape[0], **kwargs}
+        if stem is not None and stem.ndim == 4:
+            kwargs = {"in_chans": stem.shape[1], **kwargs}
     try:
         model = timm.create_model(name, pretrained=pretrained and ckpt is None, **kwargs)
     except OSError as err:

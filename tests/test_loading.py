@@ -143,6 +143,9 @@ def test_timm_local_checkpoint(tmp_path):
     for ckpt in ("w.safetensors", "w.pt"):
         clf = load_classifier(f"timm:resnet10t@{tmp_path / ckpt}", num_classes=7, in_chans=1)
         assert clf(torch.rand(2, 1, 32, 32)).shape == (2, 7)
+        inferred = load_classifier(f"timm:resnet10t@{tmp_path / ckpt}")  # as the command line gives it
+        assert inferred.input_size[0] == 1 and inferred(torch.rand(2, 1, 32, 32)).shape == (2, 7)
+        assert torch.equal(inferred(torch.ones(1, 1, 32, 32)), clf(torch.ones(1, 1, 32, 32)))
 
 
 class Weights(collections.OrderedDict):

@@ -190,7 +190,7 @@ def test_every_attack_argument_has_a_field_and_a_flag():
         if field.default is not dataclasses.MISSING and field.name != "judges":
             assert parsed[field.name] == field.default, field.name
     from sdo_adv.attacks.sdo import OPTIMIZE, SAMPLERS
-    from sdo_adv.generator import SOLVERS
+    from sdo_adv.generator_settings import SOLVERS
     from sdo_adv.losses import LOSSES
     from sdo_adv.masks import MASK_MODES
     from sdo_adv.picard import HOLDS

@@ -9,7 +9,7 @@ from typing import Any
 from ..attacks.sdo import OPTIMIZE, SAMPLERS
 from ..class_names import NAMED_SETS
 from ..estimators import parse_estimator
-from ..generator import SOLVERS
+from ..generator_settings import SOLVERS
 from ..losses import LOSSES
 from ..masks import MASK_MODES
 from ..picard import HOLDS

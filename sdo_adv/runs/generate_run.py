@@ -26,7 +26,7 @@ from ..attacks.universal import SETTINGS
 from ..distributed import Process, current_process
 from ..estimators import parse_estimator
 from ..files import write_text
-from ..generator import SOLVERS
+from ..generator_settings import SOLVERS
 from ..judging import attack_success, judge_predictions, natural_success
 from ..loading import check_classifier_spec, generator_settings, load_generator
 from ..rates import learning_rate
