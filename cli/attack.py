@@ -92,6 +92,9 @@ def resolve_options(ctx: click.Context, values: dict[str, Any]) -> dict[str, Any
                    "images not yet fooled at one depth start again at the next.")
 @click.option("--fidelity", default=200.0, show_default=True, type=click.FloatRange(0),
               help="Weight of the mean squared pixel error to the original in the loss.")
+@click.option("--fidelity-norm", default="l2", show_default=True, type=click.Choice(["l2", "l1"]),
+              help="Pixel error of the fidelity term: mean squared (l2) or mean absolute (l1: less haze; "
+                   "pair it with --fidelity 40).")
 @click.option("--fidelity-halflife", default="10", show_default=True, type=OptionalNumber(),
               help="Iterations over which the fidelity weight halves; 'none' keeps it constant.")
 @click.option("--loss", default="cw", show_default=True, type=click.Choice(["cw", "ce"]),

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 LOSSES = ("cw", "ce")
+FIDELITY_NORMS = ("l2", "l1")
 
 
 def attack_loss(logits: Tensor, labels: Tensor, kind: str = "cw", targeted: bool = False,
@@ -53,3 +54,14 @@ def reached(logits: Tensor, labels: Tensor, targeted: bool, kind: str = "cw", ka
     if kind == "cw" and kappa > 0:
         ok &= cw_margin(logits, labels, targeted) <= -kappa
     return ok
+
+
+def fidelity_error(images: Tensor, originals: Tensor, norm: str = "l2") -> Tensor:
+    """``(B,)`` pixel error of [0, 1] ``images`` to ``originals``: the mean squared (``l2``)
+    or mean absolute (``l1``, which favours few changed pixels over a faint change of many)."""
+    diff = (images - originals).flatten(1)
+    if norm == "l2":
+        return diff.pow(2).mean(1)
+    if norm == "l1":
+        return diff.abs().mean(1)
+    raise ValueError(f"unknown fidelity_norm {norm!r}; accepted: {', '.join(FIDELITY_NORMS)}")

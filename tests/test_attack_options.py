@@ -50,6 +50,23 @@ def test_fidelity_halves_over_its_halflife(models):
             SDOAttack(model, gen, fidelity_halflife=bad)
 
 
+def test_l1_fidelity_is_the_mean_absolute_pixel_error(models):
+    model, gen = models
+    images, labels = unfooled_batch(model, 4)
+    steps = []
+    SDOAttack(model, gen, steps=3, lr=0.1, fidelity=8.0, fidelity_halflife=None, fidelity_norm="l1", early_stop=False,
+              callback=steps.append)(images, labels)
+    checked = [s for s in steps if s.loss is not None]  # the last iteration of a pass takes no step
+    assert len(checked) >= 3
+    for s in checked:
+        with torch.no_grad():
+            margin = cw_margin(model(s.images), labels[s.active]).clamp(min=0.0)
+        error = (s.images - images[s.active]).flatten(1).abs().mean(1)
+        assert torch.allclose(s.loss, margin + 8.0 * error, atol=1e-5)
+    with pytest.raises(ValueError, match="fidelity_norm 'l3'"):
+        SDOAttack(model, gen, fidelity_norm="l3")
+
+
 def test_ce_loss_attack_flips_predictions(models):
     model, gen = models
     images, labels = unfooled_batch(model, 8)

@@ -10,7 +10,7 @@ from ..attacks.sdo import OPTIMIZE, SAMPLERS
 from ..class_names import NAMED_SETS
 from ..estimators import parse_estimator
 from ..generator_settings import SOLVERS
-from ..losses import LOSSES
+from ..losses import FIDELITY_NORMS, LOSSES
 from ..masks import MASK_MODES
 from ..picard import HOLDS
 from ..rates import learning_rate, rates_per_depth
@@ -24,8 +24,8 @@ RESUME_FREE = ("batch_size", "device", "trust_pickle", "out")
 # Keys of run.json written by earlier versions, and their fields now.
 LEGACY_KEYS = {"gradient": "estimator"}
 # The fields that are SDOAttack's arguments of the same name.
-ATTACK_FIELDS = ("steps", "lr", "estimator", "depth", "loss", "kappa", "fidelity", "fidelity_halflife", "latent_bound",
-                 "optimize", "early_stop", "sampler", "sweeps", "tol", "hold", "guard_weight", "guard_kappa",
+ATTACK_FIELDS = ("steps", "lr", "estimator", "depth", "loss", "kappa", "fidelity", "fidelity_norm", "fidelity_halflife",
+                 "latent_bound", "optimize", "early_stop", "sampler", "sweeps", "tol", "hold", "guard_weight", "guard_kappa",
                  "mask_mode")
 # Fields absent from the run.json of earlier versions whose values then were not today's defaults.
 EARLIER = {"judges": [], "fidelity": 50.0, "fidelity_halflife": None,  # before 0.2
@@ -61,7 +61,9 @@ class AttackRunConfig:
     """Inversion depths, increasing fractions of the sampling schedule in (0, 1]: images not
     yet fooled at one depth start again at the next (a single number is one depth)."""
     fidelity: float = 200.0
-    """Weight of the mean squared pixel error to the original in the attack loss."""
+    """Weight of the pixel error to the original in the attack loss."""
+    fidelity_norm: str = "l2"
+    """That error: ``l2`` (mean squared) or ``l1`` (mean absolute: fewer changed pixels)."""
     fidelity_halflife: float | None = 10.0
     """Iterations over which the fidelity weight halves; None keeps it constant."""
     num_inference_steps: int | None = None
@@ -182,8 +184,8 @@ class AttackRunConfig:
                            "file with columns file,target", "targeted")
 
     def _check_attack_settings(self) -> None:
-        for name, accepted in (("loss", LOSSES), ("optimize", OPTIMIZE), ("sampler", SAMPLERS), ("hold", HOLDS),
-                               ("mask_mode", MASK_MODES)):
+        for name, accepted in (("loss", LOSSES), ("fidelity_norm", FIDELITY_NORMS), ("optimize", OPTIMIZE),
+                               ("sampler", SAMPLERS), ("hold", HOLDS), ("mask_mode", MASK_MODES)):
             _choice(self, name, accepted)
         if self.mask_mode == "blend" and self.sampler != "sequential":
             raise RunError(f"mask_mode blend needs the sequential sampler, not {self.sampler}", "mask_mode")
