@@ -7,6 +7,9 @@ clipped to [0, 1]) and its absolute value (a faint positive haze, std 0.04 befor
 
     python benchmarks/other_judges.py --victims sdo-adv:digits-mlp,sdo-adv:digits-lenet \
         --out benchmarks/results/other_judges_cpu.json
+    python benchmarks/other_judges.py --attack "fidelity_norm=l1,fidelity=40" --out l1.json
+
+``--attack`` overrides SDOAttack's defaults as ``natural_quality.py``'s attacks do.
 
 Needs the ``train`` extra (scikit-learn).
 """
@@ -26,6 +29,9 @@ from sdo_adv.attacks import SDOAttack
 from sdo_adv.data import load_digits
 from sdo_adv.files import write_text
 from sdo_adv.judging import attack_success
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from natural_quality import parse_attack  # noqa: E402
 
 VICTIMS = ("sdo-adv:digits-mlp", "sdo-adv:digits-lenet", "sdo-adv:digits-resnet18",
            "sdo-adv:digits-test_efficientnet", "sdo-adv:digits-cnn-aug")
@@ -54,6 +60,7 @@ def judges() -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--victims", default=",".join(VICTIMS))
+    p.add_argument("--attack", default="default", help="SDOAttack overrides, key=value,...")
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
     p.add_argument("--out", type=Path)
     a = p.parse_args()
@@ -68,7 +75,7 @@ def main() -> None:
                                for c, x in controls.items()}, "victims": {}}
         for victim in a.victims.split(","):
             model = load_classifier(victim)
-            attack = SDOAttack(model, load_generator("sdo-adv:digits"))
+            attack = SDOAttack(model, load_generator("sdo-adv:digits"), **parse_attack(a.attack))
             torch.manual_seed(0)
             with torch.enable_grad():
                 adv = torch.cat([attack(images[i:i + 50], labels[i:i + 50]) for i in range(0, len(images), 50)])
@@ -82,7 +89,7 @@ def main() -> None:
     if a.out:
         write_text(a.out, json.dumps({"machine": {"platform": platform.platform(), "threads": a.threads,
                                                   "torch": torch.__version__},
-                                      "command": " ".join(sys.argv), **result}, indent=2) + "\n")
+                                      "command": " ".join(sys.argv), "attack": a.attack, **result}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
