@@ -10,7 +10,7 @@ from torch import Tensor
 from torchattacks.attack import Attack
 from tqdm.auto import tqdm
 
-from sdo_adv.arguments import count, flag, number
+from sdo_adv.arguments import choice, count, flag, number
 from sdo_adv.estimators import Estimator, parse_estimator
 from sdo_adv.generator import Condition, DiffusionGenerator, Inversion
 from sdo_adv.imaging import check_images, check_labels
@@ -141,28 +141,22 @@ class SDOAttack(Attack):
                                  "gradient is the former name of estimator, give one")
             estimator = gradient
         self.estimator = parse_estimator(estimator)
-        if loss not in LOSSES or fidelity_norm not in FIDELITY_NORMS:
-            raise ValueError(f"unknown loss {loss!r} or fidelity_norm {fidelity_norm!r}; accepted: "
-                             f"{', '.join(LOSSES)} and {', '.join(FIDELITY_NORMS)}")
-        if optimize not in OPTIMIZE:
-            raise ValueError(f"unknown optimize {optimize!r}; accepted: {', '.join(OPTIMIZE)}")
-        if optimize != "latent" and not self.estimator.reaches_condition:
+        self.loss = choice("loss", loss, LOSSES)
+        self.fidelity_norm = choice("fidelity_norm", fidelity_norm, FIDELITY_NORMS)
+        if choice("optimize", optimize, OPTIMIZE) != "latent" and not self.estimator.reaches_condition:
             raise ValueError(f"estimator {self.estimator.name!r} gives the conditioning no gradient; "
                              "use optimize='latent'")
         self.depths, self.lrs = depth_schedule(self.generator, depth, lr)
         for d in self.depths:
             self.estimator.check(self.generator.num_inference_steps - self.generator.start_index(d))
         self.steps, self.lr, self.depth = count("steps", steps), learning_rate(lr), depth
-        self.loss, self.kappa, self.fidelity = loss, number("kappa", kappa, 0), number("fidelity", fidelity, 0)
+        self.kappa, self.fidelity = number("kappa", kappa, 0), number("fidelity", fidelity, 0)
         self.latent_bound = number("latent_bound", latent_bound, 0, strict=True, optional=True)
-        self.optimize, self.early_stop, self.fidelity_norm = optimize, flag("early_stop", early_stop), fidelity_norm
+        self.optimize, self.early_stop = optimize, flag("early_stop", early_stop)
         self.fidelity_halflife = number("fidelity_halflife", fidelity_halflife, 0, strict=True, optional=True)
         self.prompts, self.progress, self.callback = prompts, flag("progress", progress), callback
-        if sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {sampler!r}; accepted: {', '.join(SAMPLERS)}")
-        if hold not in HOLDS:
-            raise ValueError(f"unknown hold {hold!r}; accepted: {', '.join(HOLDS)}")
-        self.sampler, self.sweeps, self.tol = sampler, count("sweeps", sweeps), number("tol", tol, 0, strict=True, optional=True)
+        self.sampler, hold = choice("sampler", sampler, SAMPLERS), choice("hold", hold, HOLDS)
+        self.sweeps, self.tol = count("sweeps", sweeps), number("tol", tol, 0, strict=True, optional=True)
         self._picard = PicardSampler(self.generator, self.sweeps, tol, hold=hold) if sampler == "picard" else None
         guard = self.generator.guard if guard == "auto" else guard
         self.guard = load_classifier(guard).to(self.generator.device).eval() if isinstance(guard, str) else guard
@@ -185,7 +179,8 @@ class SDOAttack(Attack):
         check_labels(labels, images.shape[0], clean_logits.shape[1])
         n_gen = self.generator.num_classes
         if self.generator.class_conditional and n_gen is not None and labels.max() >= n_gen:
-            raise ValueError(f"labels go up to {labels.max().item()} but the generator is conditioned on {n_gen} classes")
+            raise ValueError(f"labels go up to {labels.max().item()} but the generator is conditioned "
+                             f"on {n_gen} classes")
         if images.shape[1] != self.generator.image_channels:
             warnings.warn(f"images have {images.shape[1]} channels and the generator "
                           f"{self.generator.image_channels}: converting explicitly "

@@ -1,7 +1,8 @@
-"""Checks of numeric and boolean arguments that name the argument at fault (no torch)."""
+"""Checks of numeric, boolean and named-choice arguments that name the argument at fault (no torch)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from numbers import Integral, Real
 
 
@@ -29,4 +30,11 @@ def flag(name: str, value: object) -> bool:
     """``value``; ValueError naming ``name`` unless it is True or False."""
     if not isinstance(value, bool):
         raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def choice(name: str, value: object, accepted: Sequence[str]) -> str:
+    """``value``; ValueError naming ``name`` and the accepted values unless it is one of them."""
+    if value not in accepted:
+        raise ValueError(f"unknown {name} {value!r}; accepted: {', '.join(accepted)}")
     return value

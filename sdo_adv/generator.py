@@ -16,10 +16,9 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .estimators import CallMode, Estimator, parse_estimator
-from .imaging import convert_channels, fit, unfit
 from .generator_settings import check_settings, sampling_scheduler
+from .imaging import convert_channels, fit, unfit
 from .memory import MemoryPlan
-
 
 
 @dataclass

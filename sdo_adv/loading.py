@@ -294,8 +294,8 @@ def _timm_classifier(name: str, pretrained: bool, ckpt: str | None, trust_pickle
     state = load_state_dict(ckpt, trust_pickle=trust_pickle) if ckpt is not None else None
     if state is not None:  # a fine-tuned checkpoint's head and stem say its classes and channels
         cfg = timm.models.get_pretrained_cfg(name)
-        head, stem = (state.get(f"{key}.weight") if isinstance(key, str) else None
-                      for key in ((cfg.classifier, cfg.first_conv) if cfg else (None, None)))
+        keys = (cfg.classifier, cfg.first_conv) if cfg else (None, None)
+        head, stem = (state.get(f"{key}.weight") if isinstance(key, str) else None for key in keys)
         if head is not None and head.ndim == 2:
             kwargs = {"num_classes": head.shape[0], **kwargs}
         if stem is not None and stem.ndim == 4:
@@ -360,7 +360,7 @@ def _robustbench_classifier(rest: str, model_dir: str | Path) -> ImageClassifier
                            name=f"robustbench:{rest}", data_config=config).eval()
 
 
-def _robustbench_files(entry: dict[str, Any], dataset: str, threat: str, name: str, model_dir: str | Path) -> list[Path]:
+def _robustbench_files(entry: dict, dataset: str, threat: str, name: str, model_dir: str | Path) -> list[Path]:
     """The files robustbench's ``load_model`` reads under ``model_dir`` for a zoo entry (an
     ensemble's members as ``<name>.pt_m<i>.pt``); none where it reads no file there: ImageNet
     ``Standard*`` (torchvision's weights) and models robustbench takes from timm."""

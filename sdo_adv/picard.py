@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .arguments import choice
 from .estimators import CallMode, Estimator, parse_estimator
 from .generator import Condition, DiffusionGenerator
 
@@ -80,8 +81,7 @@ class PicardSampler:
             raise ValueError(f"sweeps must be >= 1, got {sweeps}")
         if max_batch is not None and max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
-        if hold not in HOLDS:
-            raise ValueError(f"unknown hold {hold!r}; accepted: {', '.join(HOLDS)}")
+        choice("hold", hold, HOLDS)
         self.generator, self.sweeps, self.tol, self.max_batch = generator, int(sweeps), tol, max_batch
         self.hold = hold
 

@@ -69,11 +69,7 @@ class AttackRun:
         stored, guard = self._check_specs(config)
         self.prompts = run_prompts(config.generator, classes, self.dataset, stored, config.prompt_template,
                                    config.negative_prompt, config.guidance_scale)
-        self.random_estimator = parse_estimator(config.estimator).arg == "random"
-        if self.random_estimator and config.batch_size > 1:
-            self._say("sdo:random draws one step per iteration for a whole batch: attacking one image at a "
-                      "time so that results do not depend on batching")
-            config = replace(config, batch_size=1)
+        config, self.random_estimator = one_at_a_time(config, self._say, "attacking one image")
 
         self.device = torch.device(self.process.device if device == "cuda" else device)
         self.classifier = run_classifier(config.classifier, "classifier", self.device, config.trust_pickle)
@@ -323,6 +319,18 @@ class AttackRun:
                             "num_classes": self.num_classes},
                 "notices": self.notices}
         write_text(self.out / RUN, json.dumps(info, indent=2) + "\n")
+
+
+def one_at_a_time(config: T, say: Callable[[str], None], work: str) -> tuple[T, bool]:
+    """``(config, random)``, ``random`` if its estimator is ``sdo:random``, which draws one step
+    per iteration for a whole batch: then ``config`` with batches of one (said, as ``work``
+    one at a time), so that results do not depend on batching."""
+    random = parse_estimator(config.estimator).arg == "random"
+    if random and config.batch_size > 1:
+        say(f"sdo:random draws one step per iteration for a whole batch: {work} at a time so that results "
+            "do not depend on batching")
+        config = replace(config, batch_size=1)
+    return config, random
 
 
 def item_seed(seed: int, source: str) -> int:

@@ -25,8 +25,8 @@ RESUME_FREE = ("batch_size", "device", "trust_pickle", "out")
 LEGACY_KEYS = {"gradient": "estimator"}
 # The fields that are SDOAttack's arguments of the same name.
 ATTACK_FIELDS = ("steps", "lr", "estimator", "depth", "loss", "kappa", "fidelity", "fidelity_norm", "fidelity_halflife",
-                 "latent_bound", "optimize", "early_stop", "sampler", "sweeps", "tol", "hold", "guard_weight", "guard_kappa",
-                 "mask_mode")
+                 "latent_bound", "optimize", "early_stop", "sampler", "sweeps", "tol", "hold", "guard_weight",
+                 "guard_kappa", "mask_mode")
 # Fields absent from the run.json of earlier versions whose values then were not today's defaults.
 EARLIER = {"judges": [], "fidelity": 50.0, "fidelity_halflife": None,  # before 0.2
            "guard": "none"}  # before the guard, SDOAttack had none

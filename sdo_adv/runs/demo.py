@@ -28,10 +28,11 @@ def run_demo(out: str | Path = "demo", n: int = 16, seed: int = 0, progress: boo
     """Attack the first ``n`` shipped held-out digits against the standard embedded classifier
     with SDOAttack's defaults (overridable by ``attack_kwargs``), judged by the embedded judges
     (never attacked, never in the loss); write ``grid.png``, ``report.json`` and
-    ``adversarial.npz`` (float32 images, labels) to ``out``; return the report. Its figures have the keys and definitions of ``summary.json`` of
-    ``sdo-adv attack`` (``n``, ``clean_accuracy``, ``success_rate``, ``judge_agreement``,
-    ``natural_success_rate``, ``mean_l2``, ``mean_linf``, ``mean_ssim``, ``mean_psnr``;
-    :mod:`sdo_adv.judging`), beside the demo's own (settings, per-judge agreement, seconds, items)."""
+    ``adversarial.npz`` (float32 images, labels) to ``out``; return the report. Its figures
+    have the keys and definitions of ``summary.json`` of ``sdo-adv attack`` (``n``,
+    ``clean_accuracy``, ``success_rate``, ``judge_agreement``, ``natural_success_rate``,
+    ``mean_l2``, ``mean_linf``, ``mean_ssim``, ``mean_psnr``; :mod:`sdo_adv.judging`), beside
+    the demo's own (settings, per-judge agreement, seconds, items)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)

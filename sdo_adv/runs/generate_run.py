@@ -30,7 +30,7 @@ from ..generator_settings import SOLVERS
 from ..judging import attack_success, judge_predictions, natural_success
 from ..loading import check_classifier_spec, generator_settings, load_generator
 from ..rates import learning_rate
-from .attack_run import _load, item_seed, run_classes, run_classifier
+from .attack_run import _load, item_seed, one_at_a_time, run_classes, run_classifier
 from .config import DEVICES, DTYPES, _choice, _integer, _number
 from .dataset import Dataset, Item
 from .errors import RunError
@@ -170,11 +170,10 @@ class GenerateRun:
                               num_inference_steps=generator.num_inference_steps,
                               solver=config.solver or stored.get("solver", "ddim"))
         self._check_resume()
-        self.random_estimator = parse_estimator(config.estimator).arg == "random"
-        if self.random_estimator and config.batch_size > 1 and self.universal is None:
-            self._say("sdo:random draws one step per iteration for a whole batch: generating one sample at a "
-                      "time so that results do not depend on batching")
-            self.config = replace(self.config, batch_size=1)
+        if self.universal is None:
+            self.config, self.random_estimator = one_at_a_time(self.config, self._say, "generating one sample")
+        else:
+            self.random_estimator = False  # the learned changes sample without an estimator
         try:
             self.attack = SDOGenerate(
                 self.classifier, generator,
