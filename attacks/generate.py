@@ -106,6 +106,9 @@ class SDOGenerate(SDOAttack):
     def generate(self, labels: Tensor | Sequence[int], seeds: int | Sequence[int] = 0) -> Tensor:
         """Adversarial images for ``labels`` from the noise of ``seeds`` (see the class docstring)."""
         gen = self.generator
+        if self.attack_mode == "targeted(label)":
+            raise ValueError("SDOGenerate does not take targets as labels (generate's labels are the classes to "
+                             "draw): use set_mode_targeted_by_function, _random or _least_likely")
         labels = torch.as_tensor(labels).to(gen.device)
         n = labels.shape[0] if labels.ndim == 1 and labels.numel() else 0
         if n == 0:
@@ -129,8 +132,10 @@ class SDOGenerate(SDOAttack):
         with torch.no_grad():
             self.last_draws = gen.sample(noise, cond=self._condition(labels.long()), estimator="skip", callback=keep)
         object.__setattr__(self, "_states", states)  # torchattacks' __setattr__ walks dicts, comparing tensors
+        normalized = self._normalization_applied is True  # then torchattacks takes and returns normalized images
         try:
-            return self(self.last_draws, labels)
+            adv = self(self.normalize(self.last_draws) if normalized else self.last_draws, labels)
+            return self.inverse_normalize(adv) if normalized else adv
         finally:
             self._states = None
 

@@ -37,8 +37,8 @@ class SDOAttack(Attack):
     sampler come from the ``estimator`` (see :mod:`sdo_adv.estimators`).
 
     Arguments:
-        model (nn.Module): classifier to attack; takes [0, 1] images of the input's size
-            (an :class:`sdo_adv.ImageClassifier` accepts any size).
+        model (nn.Module or str): classifier to attack, or a spec for :func:`sdo_adv.load_classifier`;
+            takes [0, 1] images of the input's size (an :class:`sdo_adv.ImageClassifier` accepts any size).
         generator (DiffusionGenerator or str): a :class:`sdo_adv.DiffusionGenerator` or a spec for
             :func:`sdo_adv.load_generator`. Inputs are converted (channels, bilinear resize) to
             its resolution by its ``input_mapping`` (resize, or zero-pad and crop back) and
@@ -120,7 +120,7 @@ class SDOAttack(Attack):
         >>> adv_images = attack(images, labels)
     """
 
-    def __init__(self, model: torch.nn.Module, generator: DiffusionGenerator | str, steps: int = 50,
+    def __init__(self, model: torch.nn.Module | str, generator: DiffusionGenerator | str, steps: int = 50,
                  lr: float | Sequence[float] = (0.03, 0.05), estimator: str | Estimator = "sdo",
                  depth: float | int | Sequence[float | int] = (0.2, 0.5),
                  loss: str = "cw", kappa: float = 0.0, fidelity: float = 200.0,
@@ -133,6 +133,8 @@ class SDOAttack(Attack):
                  guard: torch.nn.Module | str | None = "auto", guard_weight: float = 1.0, guard_kappa: float = 0.0,
                  mask: Mask | None = None, mask_mode: str = "composite", fidelity_norm: str = "l2", *,
                  gradient: str | None = None) -> None:
+        if isinstance(model, str):
+            model = load_classifier(model)
         super().__init__("SDOAttack", model)
         self.generator = load_generator(generator)
         if gradient is not None:
@@ -159,6 +161,8 @@ class SDOAttack(Attack):
         self.sweeps, self.tol = count("sweeps", sweeps), number("tol", tol, 0, strict=True, optional=True)
         self._picard = PicardSampler(self.generator, self.sweeps, tol, hold=hold) if sampler == "picard" else None
         guard = self.generator.guard if guard == "auto" else guard
+        if isinstance(guard, str) and guard == getattr(model, "name", None):
+            raise ValueError(f"the guard {guard} is the victim: a guard must be another classifier")
         self.guard = load_classifier(guard).to(self.generator.device).eval() if isinstance(guard, str) else guard
         if self.guard is model:
             raise ValueError("the guard is the victim: a guard must be another classifier")

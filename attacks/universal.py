@@ -88,8 +88,10 @@ class UniversalSDO:
             raise ValueError(f"classes must be distinct class indices in [0, {n}), got {self.classes}")
         bound, depth = number("bound", bound, 0, strict=True), number("depth", depth, 0, strict=True)
         batch_size, rank = count("batch_size", batch_size), count("rank", rank)
-        if depth > 1 or count("pool", pool) < batch_size:
-            raise ValueError(f"need depth in (0, 1] and pool >= batch_size; got {depth}, {pool}, {batch_size}")
+        if depth > 1:
+            raise ValueError(f"depth must be in (0, 1], got {depth}")
+        if count("pool", pool) < batch_size:
+            raise ValueError(f"pool ({pool} trajectories per class) must be at least batch_size ({batch_size})")
         lr = number("lr", LEARNING_RATES[variable] if lr is None else lr, 0, strict=True)
         fidelity, kappa = number("fidelity", fidelity, 0), number("kappa", kappa, 0)
         guard_weight, seed = number("guard_weight", guard_weight, 0), count("seed", seed, 0)

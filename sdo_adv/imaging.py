@@ -36,7 +36,7 @@ def check_images(images: object, name: str = "images") -> Tensor:
         raise ValueError(f"{name} contains NaN or inf values")
     lo, hi = images.min().item(), images.max().item()
     if lo < 0 or hi > 1:
-        raise ValueError(f"{name} must be in [0, 1], got values in [{lo:.4g}, {hi:.4g}]")
+        raise ValueError(f"{name} must be in [0, 1], got values in [{lo:.10g}, {hi:.10g}]")
     return images
 
 

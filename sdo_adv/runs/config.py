@@ -175,6 +175,10 @@ class AttackRunConfig:
         self._check_generator_settings()
         if not Path(self.input).exists():
             raise RunError(f"input {self.input} does not exist", "input")
+        source, out = Path(self.input).resolve(), Path(self.out).resolve()
+        if source.is_dir() and (out == source or (self.labels is None and out.is_relative_to(source))):
+            raise RunError(f"out {self.out} is the input folder" + ("" if out == source else " or inside it")
+                           + ": its images would overwrite or join the inputs; use another output folder", "out")
         if self.mask_dir is not None and not (isinstance(self.mask_dir, (str, Path)) and Path(self.mask_dir).is_dir()):
             raise RunError(f"mask_dir {self.mask_dir} is not a folder", "mask_dir")
         if self.labels is not None and not Path(self.labels).is_file():

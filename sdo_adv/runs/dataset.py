@@ -79,7 +79,8 @@ class Dataset:
         or brought to one size by ``fit`` (``(1, C, h, w)`` -> ``(1, C, H, W)``)."""
         pixels = [to_tensor(self.array[it.index] if self.array is not None else read_image(it.path),
                             self.channels, size) for it in items]
-        return torch.stack([fit(x[None])[0] if fit is not None else x for x in pixels])
+        # antialiased resizing can overshoot [0, 1] by rounding (white pixels at 1 + 1e-7)
+        return torch.stack([fit(x[None])[0] if fit is not None else x for x in pixels]).clamp_(0, 1)
 
 
 def read_dataset(input_path: str | Path, labels: str | Path | None = None,

@@ -35,6 +35,9 @@ class UniversalRun:
         self.out, self.notice = Path(out).resolve(), notice
         self.train_steps, self.checkpoint_every, self.eval_per_class = train_steps, checkpoint_every, eval_per_class
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        pool, batch = training.get("pool"), training.get("batch_size")
+        if isinstance(pool, int) and isinstance(batch, int) and pool < batch:
+            raise RunError(f"pool ({pool} trajectories per class) must be at least batch_size ({batch})", "pool")
         specs = [(classifier, "classifier"), *[(j, "judges") for j in judges]] + ([(guard, "guard")] if guard != "none" else [])
         if len({s for s, _ in specs}) != len(specs):
             raise RunError("the classifier, the guard and the judges must be different models", "judges")
