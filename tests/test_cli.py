@@ -391,6 +391,15 @@ def test_evaluate_unknown_spec_fails_at_once(attacked, no_compute):
     assert not (out / "evaluation.json").exists()
 
 
+def test_evaluate_checks_every_spec_before_loading_any(attacked, monkeypatch):
+    import sdo_adv.runs.evaluation as evaluation
+
+    out, _ = attacked
+    monkeypatch.setattr(evaluation, "load_classifier", lambda *a, **k: pytest.fail("loaded a model first"))
+    result = invoke("evaluate", "--adv", str(out), "--models", "sdo-adv:digits-mlp,sdo-adv:digits-mpl")
+    assert result.exit_code == 2 and "digits-mpl" in result.output
+
+
 def test_outputs_stay_inside_the_output_folder(assets, tmp_path):
     """File names from a labels CSV that climb out of the input folder, or are absolute, still
     give PNGs inside --out; a planted symlink leading outside is refused."""

@@ -18,7 +18,7 @@ from torch import nn
 from .. import metrics
 from ..files import write_text
 from ..imaging import fit
-from ..loading import UnsafeCheckpointError, load_classifier
+from ..loading import UnsafeCheckpointError, check_classifier_spec, load_classifier
 from .config import AttackRunConfig
 from .dataset import read_dataset
 from .errors import RunError
@@ -113,6 +113,13 @@ def evaluate_run(adv_dir: str | Path, specs: Sequence[str], robustbench_dir: str
 def _load_models(specs: Sequence[str], robustbench_dir: str | Path, device: torch.device,
                  trust_pickle: bool) -> dict[str, nn.Module | str]:
     """Classifiers by spec; a string (the reason) for those whose weights are absent."""
+    for spec in specs:  # every spec's form and name before any weights load
+        try:
+            check_classifier_spec(spec)
+        except FileNotFoundError:
+            pass  # absent weights: skipped below
+        except (ValueError, TypeError) as err:
+            raise RunError(str(err), "specs") from err
     models: dict[str, nn.Module | str] = {}
     for spec in specs:
         try:
