@@ -25,6 +25,12 @@ LEARNING_RATES = {"cond": 0.1, "latent": 0.1, "both": 0.1, "lora": 0.03}
 OFFSETS, SETTINGS = "offsets.safetensors", "universal.json"
 
 
+def check_pool(pool: int, batch_size: int) -> None:
+    """ValueError unless ``pool`` is a count of at least ``batch_size`` trajectories per class."""
+    if count("pool", pool) < batch_size:
+        raise ValueError(f"pool ({pool} trajectories per class) must be at least batch_size ({batch_size})")
+
+
 class UniversalSDO:
     r"""Per-class universal adversarial conditioning of a class- or text-conditional generator.
 
@@ -90,8 +96,7 @@ class UniversalSDO:
         batch_size, rank = count("batch_size", batch_size), count("rank", rank)
         if depth > 1:
             raise ValueError(f"depth must be in (0, 1], got {depth}")
-        if count("pool", pool) < batch_size:
-            raise ValueError(f"pool ({pool} trajectories per class) must be at least batch_size ({batch_size})")
+        check_pool(pool, batch_size)
         lr = number("lr", LEARNING_RATES[variable] if lr is None else lr, 0, strict=True)
         fidelity, kappa = number("fidelity", fidelity, 0), number("kappa", kappa, 0)
         guard_weight, seed = number("guard_weight", guard_weight, 0), count("seed", seed, 0)

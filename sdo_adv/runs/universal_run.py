@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ..attacks import UniversalSDO
-from ..attacks.universal import SETTINGS
+from ..attacks.universal import SETTINGS, check_pool
 from ..judging import attack_success, judge_predictions, natural_success
 from ..loading import check_classifier_spec, load_generator
 from .attack_run import _load, item_seed, run_classes, run_classifier
@@ -36,8 +36,11 @@ class UniversalRun:
         self.train_steps, self.checkpoint_every, self.eval_per_class = train_steps, checkpoint_every, eval_per_class
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         pool, batch = training.get("pool"), training.get("batch_size")
-        if isinstance(pool, int) and isinstance(batch, int) and pool < batch:
-            raise RunError(f"pool ({pool} trajectories per class) must be at least batch_size ({batch})", "pool")
+        if isinstance(pool, int) and isinstance(batch, int):  # before any model loads
+            try:
+                check_pool(pool, batch)
+            except ValueError as err:
+                raise RunError(str(err), "pool") from err
         specs = [(classifier, "classifier"), *[(j, "judges") for j in judges]] + ([(guard, "guard")] if guard != "none" else [])
         if len({s for s, _ in specs}) != len(specs):
             raise RunError("the classifier, the guard and the judges must be different models", "judges")
