@@ -62,6 +62,8 @@ class SDOGenerate(SDOAttack):
         depth (float or int or sequence): as in :class:`SDOAttack`, on the draw's trajectory.
             (Default: ``(0.3, 0.5)``)
         lr (float or sequence): as in :class:`SDOAttack`. (Default: 0.05)
+        fidelity (float), fidelity_norm (str): as in :class:`SDOAttack`; the squared error the
+            generation defaults were tuned with. (Default: 200.0, ``"l2"``)
         shell (bool): keep the norm of the start noise when it is optimized (depth 1.0).
             (Default: True)
         guidance_scale (float or None): classifier-free guidance of the draws and of the attack's
@@ -84,8 +86,9 @@ class SDOGenerate(SDOAttack):
 
     def __init__(self, model: torch.nn.Module, generator: DiffusionGenerator | str,
                  depth: float | int | Sequence[float | int] = (0.3, 0.5), lr: float | Sequence[float] = 0.05,
-                 shell: bool = True, guidance_scale: float | None = 2.0, **kwargs: Any) -> None:
-        super().__init__(model, generator, depth=depth, lr=lr, **kwargs)
+                 shell: bool = True, guidance_scale: float | None = 2.0, fidelity: float = 200.0,
+                 fidelity_norm: str = "l2", **kwargs: Any) -> None:
+        super().__init__(model, generator, depth=depth, lr=lr, fidelity=fidelity, fidelity_norm=fidelity_norm, **kwargs)
         self.attack = "SDOGenerate"
         gen = self.generator
         if not (gen.class_conditional or gen.text_conditional):

@@ -90,11 +90,11 @@ def resolve_options(ctx: click.Context, values: dict[str, Any]) -> dict[str, Any
 @click.option("--depth", default=(0.2, 0.5), show_default="0.2,0.5", type=Depths(),
               help="Inversion depth, a fraction of the sampling schedule; or increasing depths, comma-separated: "
                    "images not yet fooled at one depth start again at the next.")
-@click.option("--fidelity", default=200.0, show_default=True, type=click.FloatRange(0),
-              help="Weight of the mean squared pixel error to the original in the loss.")
-@click.option("--fidelity-norm", default="l2", show_default=True, type=click.Choice(["l2", "l1"]),
-              help="Pixel error of the fidelity term: mean squared (l2) or mean absolute (l1: less haze; "
-                   "pair it with --fidelity 40).")
+@click.option("--fidelity", default=40.0, show_default=True, type=click.FloatRange(0),
+              help="Weight of the pixel error (--fidelity-norm) to the original in the loss.")
+@click.option("--fidelity-norm", default="l1", show_default=True, type=click.Choice(["l1", "l2"]),
+              help="Pixel error of the fidelity term: mean absolute (l1: fewer changed pixels, less haze) or "
+                   "mean squared (l2: pair it with --fidelity 200).")
 @click.option("--fidelity-halflife", default="10", show_default=True, type=OptionalNumber(),
               help="Iterations over which the fidelity weight halves; 'none' keeps it constant.")
 @click.option("--loss", default="cw", show_default=True, type=click.Choice(["cw", "ce"]),

@@ -39,8 +39,8 @@ from sdo_adv.runs.io import IMAGE_EXTENSIONS
 STABLE_DIFFUSION = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 # SDOAttack's settings for Stable Diffusion; DDIM-20 without classifier-free guidance keeps the inversion close.
 SETTINGS = ("--num-inference-steps", "20", "--guidance-scale", "1", "--depth", "0.3", "--lr", "0.01",
-            "--latent-bound", "0.2", "--fidelity", "10", "--fidelity-halflife", "none", "--steps", "30",
-            "--batch-size", "1")
+            "--latent-bound", "0.2", "--fidelity", "10", "--fidelity-norm", "l2", "--fidelity-halflife", "none",
+            "--steps", "30", "--batch-size", "1")
 TINY = ("--num-inference-steps", "10", "--steps", "3", "--batch-size", "2", "--device", "cpu")
 
 

@@ -7,8 +7,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from sdo_adv import load_classifier
 from sdo_adv.attacks import SDOAttack
-from tiny import (NUM_CLASSES, TinyClassifier, latent_class_generator, latent_text_generator, pixel_generator,
-                  recorded_network_calls, tiny_sdo_attack, tiny_models, batch, unfooled_batch, NoSampling)
+from tiny import (FORMER_FIDELITY, NUM_CLASSES, TinyClassifier, latent_class_generator, latent_text_generator,
+                  pixel_generator, recorded_network_calls, tiny_sdo_attack, tiny_models, batch, unfooled_batch, NoSampling)
 
 models = pytest.fixture(name="models")(tiny_models)
 
@@ -16,7 +16,7 @@ models = pytest.fixture(name="models")(tiny_models)
 def test_output_shape_range_dtype_and_record(models):
     model, gen = models
     images, labels = unfooled_batch(model, 4)
-    atk = SDOAttack(model, gen, steps=6, lr=0.2)
+    atk = SDOAttack(model, gen, steps=6, lr=0.2, **FORMER_FIDELITY)
     adv = atk(images, labels)
     assert adv.shape == images.shape and adv.dtype == images.dtype and adv.device == images.device
     assert adv.min() >= 0 and adv.max() <= 1
@@ -189,7 +189,7 @@ def test_early_stop_off_keeps_optimizing_and_returns_the_smallest_l2_success(mod
     model, gen = models
     images, labels = unfooled_batch(model, 8)
     steps = []
-    atk = SDOAttack(model, gen, steps=6, depth=0.3, lr=0.1, early_stop=False, callback=steps.append)
+    atk = SDOAttack(model, gen, steps=6, depth=0.3, lr=0.1, early_stop=False, callback=steps.append, **FORMER_FIDELITY)
     adv = atk(images, labels)
     r = atk.last_result
     assert len(steps) == 7 and len(r.history) == 7
@@ -430,7 +430,7 @@ def test_non_finite_gradient_fails_that_sample_only(models):
     images, labels = unfooled_batch(model, 3)  # so iteration 0 takes a gradient step
     poisoned = torch.nn.Sequential(torch.nn.Identity(), model)
     poisoned[0].forward = _NaNGradForFirst.apply
-    atk = SDOAttack(poisoned, gen, steps=1, lr=0.3)  # one gradient step: the poison hits the first image
+    atk = SDOAttack(poisoned, gen, steps=1, lr=0.3, **FORMER_FIDELITY)  # one step: the poison hits the first image
     adv = atk(images, labels)
     r = atk.last_result
     assert r.failure[0] == "non-finite gradient at iteration 0" and r.failure[1:] == [None, None]

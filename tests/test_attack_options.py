@@ -38,7 +38,7 @@ def test_fidelity_halves_over_its_halflife(models):
     model, gen = models
     images, labels = unfooled_batch(model, 4)
     steps = []
-    SDOAttack(model, gen, steps=4, lr=0.1, fidelity=8.0, fidelity_halflife=2, early_stop=False,
+    SDOAttack(model, gen, steps=4, lr=0.1, fidelity=8.0, fidelity_norm="l2", fidelity_halflife=2, early_stop=False,
               callback=steps.append)(images, labels)
     for s in steps[:-1]:
         with torch.no_grad():

@@ -66,10 +66,15 @@ def assets(tmp_path_factory):
     return root
 
 
+# the squared pixel error, weight 200 (the default before the mean absolute one): it lets these tiny
+# random models be fooled within one or two steps, which the tests below rely on
+FORMER_FIDELITY = ("--fidelity-norm", "l2", "--fidelity", "200")
+
+
 def attack_args(assets, out, *extra, input=None):
     return ["attack", "--classifier", f"{assets / 'net.py'}:create_model", "--generator", str(assets / "ddpm"),
             "--input", str(input or assets / "digits"), "--out", str(out), "--steps", "1", "--seed", "0",
-            "--device", "cpu", *extra]
+            "--device", "cpu", *FORMER_FIDELITY, *extra]
 
 
 def invoke(*args):
@@ -116,7 +121,8 @@ def test_outputs_and_manifest(assets, attacked):
     run = json.loads((out / "run.json").read_text())
     assert run["config"]["steps"] == 2 and run["config"]["num_inference_steps"] == 2
     assert run["config"]["lr"] == [0.03, 0.05] and run["config"]["guidance_scale"] == 1.0 and run["config"]["depth"] == [0.2, 0.5]
-    assert run["config"]["fidelity"] == 200.0 and run["config"]["fidelity_halflife"] == 10.0
+    assert (run["config"]["fidelity"], run["config"]["fidelity_norm"]) == (200.0, "l2")  # FORMER_FIDELITY
+    assert run["config"]["fidelity_halflife"] == 10.0
     assert set(run["config"]) == {f.name for f in dataclasses.fields(AttackRunConfig)}
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n"] == 8 and summary["success_rate"] == sum(r["success"] for r in rows) / 8
@@ -425,3 +431,23 @@ def test_outputs_stay_inside_the_output_folder(assets, tmp_path):
     result = invoke(*attack_args(assets, out2, "--labels", str(csv_path), input=work / "data"))
     assert result.exit_code != 0 and "outside" in result.output
     assert not (tmp_path / "elsewhere.png").exists()
+
+
+def test_the_fidelity_defaults_agree():
+    """SDOAttack, the attack run's settings and ``sdo-adv attack`` share one default fidelity (the
+    mean absolute error, weight 40); SDOGenerate and ``sdo-adv generate`` keep the squared error."""
+    import inspect
+
+    from sdo_adv.attacks import SDOAttack, SDOGenerate
+    from sdo_adv.runs.generate_run import GenerateRunConfig
+
+    def click_defaults(command):
+        return {p.name: p.default for p in main.commands[command].params}
+
+    attack, generate = inspect.signature(SDOAttack).parameters, inspect.signature(SDOGenerate).parameters
+    fields = {f.name: f.default for f in dataclasses.fields(AttackRunConfig)}
+    for name, value in (("fidelity", 40.0), ("fidelity_norm", "l1")):
+        assert attack[name].default == fields[name] == click_defaults("attack")[name] == value, name
+    assert (generate["fidelity"].default, generate["fidelity_norm"].default) == (200.0, "l2")
+    assert {f.name: f.default for f in dataclasses.fields(GenerateRunConfig)}["fidelity"] == 200.0
+    assert click_defaults("generate")["fidelity"] == 200.0

@@ -13,7 +13,9 @@ from sdo_adv import DiffusionGenerator
 NUM_CLASSES = 4
 
 # The SDOAttack settings the tiny-model tests are written for (the library defaults suit the embedded 32x32 digits).
-TINY_ATTACK = {"depth": 0.5, "lr": 0.1, "fidelity": 50.0, "fidelity_halflife": None}
+TINY_ATTACK = {"depth": 0.5, "lr": 0.1, "fidelity": 50.0, "fidelity_norm": "l2", "fidelity_halflife": None}
+# The former default fidelity (squared error, weight 200), for tests written against the other defaults.
+FORMER_FIDELITY = {"fidelity_norm": "l2", "fidelity": 200.0}
 
 
 def tiny_sdo_attack(model, generator, **kw):

@@ -29,7 +29,8 @@ ATTACK_FIELDS = ("steps", "lr", "estimator", "depth", "loss", "kappa", "fidelity
                  "guard_kappa", "mask_mode")
 # Fields absent from the run.json of earlier versions whose values then were not today's defaults.
 EARLIER = {"judges": [], "fidelity": 50.0, "fidelity_halflife": None,  # before 0.2
-           "guard": "none"}  # before the guard, SDOAttack had none
+           "guard": "none",  # before the guard, SDOAttack had none
+           "fidelity_norm": "l2"}  # before the option, the error was the squared one
 
 
 @dataclass(frozen=True)
@@ -60,9 +61,9 @@ class AttackRunConfig:
     depth: tuple[float, ...] = (0.2, 0.5)
     """Inversion depths, increasing fractions of the sampling schedule in (0, 1]: images not
     yet fooled at one depth start again at the next (a single number is one depth)."""
-    fidelity: float = 200.0
+    fidelity: float = 40.0
     """Weight of the pixel error to the original in the attack loss."""
-    fidelity_norm: str = "l2"
+    fidelity_norm: str = "l1"
     """That error: ``l2`` (mean squared) or ``l1`` (mean absolute: fewer changed pixels)."""
     fidelity_halflife: float | None = 10.0
     """Iterations over which the fidelity weight halves; None keeps it constant."""
