@@ -135,7 +135,6 @@ B = [
     ("cnn-aug", {"pool": 128, "batch_size": 16, "bound": 0.5}, 100),
     ("mlp", {"pool": 16, "batch_size": 4}, 30),
 ]
-ub = []
 for vname, kw, steps in B:
     if left() < 45:
         break
