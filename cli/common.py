@@ -1,7 +1,9 @@
 """Helpers shared by the commands (click only, so that ``sdo-adv --help`` stays fast)."""
 from __future__ import annotations
 
+import shlex
 from collections.abc import Mapping
+from typing import Any
 
 import click
 
@@ -11,6 +13,7 @@ from sdo_adv.rates import learning_rate
 FIXES = {
     "trust_pickle": "pass --trust-pickle, only for files you trust",
     "merge": "run `sdo-adv merge {folder}` first",
+    "resume": "resume with the options it was run with ({options}) or use another output folder",
 }
 
 
@@ -69,8 +72,31 @@ def click_error(err: ValueError, flags: Mapping[str, str] | None = None, **conte
     ``flags`` gives for its parameter (else ``--<parameter>``); its remedy in command-line
     words, formatted with ``context``."""
     problem, parameter, fix = getattr(err, "problem", str(err)), getattr(err, "parameter", None), getattr(err, "fix", None)
-    message = problem + (f"; {FIXES[fix].format(**context)}" if fix else "")
+    message = problem + (f"; {FIXES[fix].format(options=as_options(getattr(err, 'values', {})), **context)}"
+                         if fix else "")
     if parameter:
         flag = (flags or {}).get(parameter, f"--{parameter.replace('_', '-')}")
         return click.BadParameter(message, param_hint=f"'{flag}'")
     return click.ClickException(message)
+
+
+def as_options(values: Mapping[str, Any]) -> str:
+    """Settings by field name as the running command's options: ``{"depth": [0.2, 0.5],
+    "tol": None, "early_stop": False}`` -> ``--depth 0.2,0.5 --tol none --no-early-stop``; a
+    None that the option cannot take reads ``without --<option>``."""
+    ctx = click.get_current_context(silent=True)
+    params = {p.name: p for p in ctx.command.params} if ctx is not None else {}
+    options = []
+    for name, value in values.items():
+        param = params.get(name)
+        flag = param.opts[0] if param is not None else "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            options.append(flag if value else f"--no-{flag[2:]}")
+        elif value is None:
+            options.append(f"{flag} none" if param is not None and isinstance(param.type, OptionalNumber)
+                           else f"without {flag}")
+        elif isinstance(value, (list, tuple)):
+            options.append(f"{flag} {shlex.quote(','.join(str(v) for v in value))}")
+        else:
+            options.append(f"{flag} {shlex.quote(str(value))}")
+    return " ".join(options)

@@ -1,6 +1,8 @@
 """`sdo-adv attack` and `sdo-adv evaluate` on tiny random-weight models and 8x8 inputs, offline."""
 import dataclasses
 import json
+import re
+import shlex
 import shutil
 from pathlib import Path
 
@@ -11,7 +13,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from sdo_adv import DiffusionGenerator, ImageClassifier
-from sdo_adv.runs import AttackRunConfig, attack_run
+from sdo_adv.runs import AttackRun, AttackRunConfig, RunError, attack_run
 from sdo_adv.cli.main import main
 from tiny import NUM_CLASSES, ddpm_scheduler, tiny_unet
 
@@ -168,12 +170,27 @@ def test_resume_after_interruption(assets, tmp_path, monkeypatch):
     assert "| 8 |" in (out / "report.md").read_text()
 
 
-def test_settings_change_refuses_resume(assets, attacked, no_compute):
-    out, _ = attacked
+def test_settings_change_refuses_resume_and_names_the_options_that_resume(assets, attacked, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(attacked[0], out)
     result = invoke(*attack_args(assets, out, "--lr", "0.5"))
     assert result.exit_code != 0 and "other settings" in result.output and "lr: [0.03, 0.05] -> 0.5" in result.output
-    result = invoke(*attack_args(assets, out, "--lr", "0.03,0.1"))
+    changed = ("--steps", "2", "--lr", "0.03,0.1", "--fidelity-halflife", "none", "--no-early-stop", "--depth", "0.5")
+    result = invoke(*attack_args(assets, out, *changed))
     assert result.exit_code != 0 and "lr: [0.03, 0.05] -> [0.03, 0.1]" in result.output
+    remedy = re.search(r"resume with the options it was run with \((.*?)\)", " ".join(result.output.split()))
+    assert remedy, result.output
+    options = shlex.split(remedy.group(1))
+    assert options == ["--lr", "0.03,0.05", "--depth", "0.2,0.5", "--fidelity-halflife", "10.0", "--early-stop"]
+    result = invoke(*attack_args(assets, out, *changed, *options))
+    assert result.exit_code == 0 and "resuming: 8 of 8" in result.output, result.output
+
+
+def test_a_refused_resume_names_the_recorded_arguments_to_python_callers(assets, attacked):
+    config = json.loads((attacked[0] / "run.json").read_text())["config"]
+    with pytest.raises(RunError, match=re.escape("fidelity: 200.0 -> 40.0; fidelity_norm: 'l2' -> 'l1'); resume with "
+                                                 "the settings it was run with (fidelity=200.0, fidelity_norm='l2')")):
+        AttackRun(AttackRunConfig(**{**config, "fidelity": 40.0, "fidelity_norm": "l1"}))
 
 
 def test_resume_takes_the_settings_the_run_left_to_the_generator(assets, attacked, tmp_path):

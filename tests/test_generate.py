@@ -165,6 +165,7 @@ def test_generate_cli_writes_a_resumable_folder(assets, tmp_path):
     assert all((out / f).read_bytes() == b for f, b in pngs.items())  # finished samples are kept
     res = CliRunner().invoke(main, generate_args(assets, out, "--classes", "0,2", "--per-class", "3", "--steps", "5"))
     assert res.exit_code == 2 and "other settings" in res.output and "steps: 3 -> 5" in res.output
+    assert f"resume with the options it was run with (--judge {judge} --steps 3)" in " ".join(res.output.split())
     moved = tmp_path / "moved"
     out.rename(moved)  # a run folder resumes where it lies
     res = CliRunner().invoke(main, generate_args(assets, moved, "--classes", "0,2", "--per-class", "3", "--judge", judge))

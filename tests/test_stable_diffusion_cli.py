@@ -210,8 +210,8 @@ def test_run_json_of_earlier_versions(assets):
     assert set(recorded) == {f.name for f in dataclasses.fields(AttackRunConfig)}
     assert recorded["guard"] == "none" and recorded["fidelity_halflife"] is None and recorded["loss"] == "cw"
     assert recorded["fidelity_norm"] == "l2"  # the squared error, the only one before the option
-    assert AttackRunConfig(**recorded).changes_from(earlier) == []
-    assert AttackRunConfig(**{**recorded, "latent_bound": 0.2}).changes_from(earlier) == ["latent_bound: 1.0 -> 0.2"]
+    assert AttackRunConfig(**recorded).changes_from(earlier) == {}
+    assert AttackRunConfig(**{**recorded, "latent_bound": 0.2}).changes_from(earlier) == {"latent_bound": (1.0, 0.2)}
 
 
 def test_json_config_of_fields(assets, tmp_path, spy):

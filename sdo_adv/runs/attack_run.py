@@ -27,7 +27,7 @@ from ..generator import DiffusionGenerator
 from ..judging import attack_success, judge_predictions, natural_success
 from ..loading import (UnsafeCheckpointError, check_classifier_spec, generator_settings, load_classifier,
                        load_generator)
-from .config import ATTACK_FIELDS, AttackRunConfig
+from .config import ATTACK_FIELDS, AttackRunConfig, refused_resume
 from .dataset import Item, read_csv, read_dataset
 from .errors import RunError
 from .io import clear_stale, inside, read_image, save_png, to_tensor
@@ -149,8 +149,7 @@ class AttackRun:
             config = replace(config, **taken)
         changed = config.changes_from(recorded)
         if changed:
-            raise RunError(f"{self.out} holds a run with other settings ({'; '.join(changed)}); "
-                           "resume with the same settings or use another output folder", "out")
+            raise refused_resume(self.out, changed)
         return config
 
     # ---- checks once the models are loaded, before any compute ----------------------------------

@@ -267,16 +267,24 @@ class AttackRunConfig:
         renamed["depth"] = [depth] if isinstance(depth, (int, float)) else list(depth)  # one depth before 0.3
         return {k: v for k, v in renamed.items() if k in {f.name for f in fields(cls)}}
 
-    def changes_from(self, recorded: dict[str, Any]) -> list[str]:
-        """``field: old -> new`` for each setting that differs from ``recorded`` and would change
-        results (all but :data:`RESUME_FREE`)."""
+    def changes_from(self, recorded: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+        """``{field: (recorded value, this value)}`` for each setting that differs from
+        ``recorded`` (a run.json's settings) and would change results (all but :data:`RESUME_FREE`)."""
         old, new = self.recorded(recorded), self.to_dict()
         same = {k: old.get(k) == v for k, v in new.items()}
         try:  # the rates as run, one per depth: 0.05 is (0.05, 0.05) at two depths
             same["lr"] = rates_per_depth(old["lr"], len(old["depth"])) == rates_per_depth(self.lr, len(self.depth))
         except (KeyError, TypeError, ValueError):
             pass
-        return [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in new.items() if k not in RESUME_FREE and not same[k]]
+        return {k: (old.get(k), v) for k, v in new.items() if k not in RESUME_FREE and not same[k]}
+
+
+def refused_resume(out: Path, changes: dict[str, tuple[Any, Any]]) -> RunError:
+    """The error for a folder ``out`` whose run had other settings: ``changes`` maps each
+    field to its (recorded, requested) values; the remedy names the recorded ones."""
+    listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changes.items())
+    return RunError(f"{out} holds a run with other settings ({listed})", "out", fix="resume",
+                    values={k: old for k, (old, _) in changes.items()})
 
 
 def _integer(config: AttackRunConfig, name: str, minimum: int | None) -> None:

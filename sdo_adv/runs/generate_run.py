@@ -31,7 +31,7 @@ from ..judging import attack_success, judge_predictions, natural_success
 from ..loading import check_classifier_spec, generator_settings, load_generator
 from ..rates import learning_rate
 from .attack_run import _load, item_seed, one_at_a_time, run_classes, run_classifier
-from .config import DEVICES, DTYPES, _choice, _integer, _number
+from .config import DEVICES, DTYPES, _choice, _integer, _number, refused_resume
 from .dataset import Dataset, Item
 from .errors import RunError
 from .io import clear_stale, read_image, save_png, to_tensor
@@ -208,11 +208,10 @@ class GenerateRun:
         if not (self.out / RUN).exists():
             return
         recorded = json.loads((self.out / RUN).read_text())["config"]
-        changed = [f"{k}: {recorded.get(k)!r} -> {v!r}" for k, v in self.config.to_dict().items()
-                   if k not in RESUME_FREE and recorded.get(k) != v]
+        changed = {k: (recorded.get(k), v) for k, v in self.config.to_dict().items()
+                   if k not in RESUME_FREE and recorded.get(k) != v}
         if changed:
-            raise RunError(f"{self.out} holds a run with other settings ({'; '.join(changed)}); "
-                           "resume with the same settings or use another output folder", "out")
+            raise refused_resume(self.out, changed)
 
     def execute(self, progress: bool = True) -> dict[str, Any] | None:
         """Generate this process's share of the samples not yet finished, then (rank 0, once
