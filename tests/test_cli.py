@@ -15,7 +15,7 @@ from PIL import Image
 from sdo_adv import DiffusionGenerator, ImageClassifier
 from sdo_adv.runs import AttackRun, AttackRunConfig, RunError, attack_run
 from sdo_adv.cli.main import main
-from tiny import NUM_CLASSES, ddpm_scheduler, tiny_unet
+from tiny import FORMER_FIDELITY, NUM_CLASSES, ddpm_scheduler, tiny_unet
 
 NET = '''
 import torch
@@ -70,13 +70,13 @@ def assets(tmp_path_factory):
 
 # the squared pixel error, weight 200 (the default before the mean absolute one): it lets these tiny
 # random models be fooled within one or two steps, which the tests below rely on
-FORMER_FIDELITY = ("--fidelity-norm", "l2", "--fidelity", "200")
+FORMER_FIDELITY_OPTIONS = ("--fidelity-norm", FORMER_FIDELITY["fidelity_norm"], "--fidelity", str(FORMER_FIDELITY["fidelity"]))
 
 
 def attack_args(assets, out, *extra, input=None):
     return ["attack", "--classifier", f"{assets / 'net.py'}:create_model", "--generator", str(assets / "ddpm"),
             "--input", str(input or assets / "digits"), "--out", str(out), "--steps", "1", "--seed", "0",
-            "--device", "cpu", *FORMER_FIDELITY, *extra]
+            "--device", "cpu", *FORMER_FIDELITY_OPTIONS, *extra]
 
 
 def invoke(*args):
