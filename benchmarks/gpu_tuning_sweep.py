@@ -6,8 +6,9 @@ larger training pools than a CPU affords; rows written as they finish, within a 
         'tune.pt')"                                   # here (needs the train extra): tune digits 350-749
     python benchmarks/gpu_tuning_sweep.py tune.pt OUT_DIR 470 [N] [DEVICE]   # on the GPU machine
 
-Writes OUT_DIR/sweep.json (success over clean-correct digits, the SVM judge's agreement, mean
-L2, UNet images per digit) and OUT_DIR/adv_<victim>.pt (the adversarial digits as uint8, for
+Writes OUT_DIR/sweep.json (attack rows as ``benchmarks/natural_quality.py`` measures them:
+success over clean-correct digits, the SVM judge's agreement, mean L2, UNet images per digit)
+and OUT_DIR/adv_<victim>.pt (the adversarial digits as uint8, for
 judges of other families afterwards). ``SWEEP_B_SECONDS`` (default 200) is the time kept for
 the universal part. Runs from a checkout without installing (the repository root is put on
 ``sdo_adv``'s path).
@@ -25,8 +26,11 @@ sys.path.insert(0, str(ROOT))
 import sdo_adv  # noqa: E402
 sdo_adv.__path__.append(str(ROOT))  # sdo_adv.attacks -> ROOT/attacks without installing
 from sdo_adv import load_classifier, load_generator  # noqa: E402
-from sdo_adv.attacks import AttackStep, SDOAttack, UniversalSDO  # noqa: E402
-from sdo_adv.judging import attack_success, judge_predictions  # noqa: E402
+from sdo_adv.attacks import UniversalSDO  # noqa: E402
+from sdo_adv.judging import judge_predictions  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from natural_quality import run  # noqa: E402
 
 data_file, out, budget = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
 n = int(sys.argv[4]) if len(sys.argv) > 4 else 400
@@ -35,7 +39,7 @@ t_start = time.time()
 left = lambda: budget - (time.time() - t_start)  # noqa: E731
 data = torch.load(data_file)
 out.mkdir(parents=True, exist_ok=True)
-x, y = data["x"][:n].to(dev), data["y"][:n].to(dev)
+x, y = data["x"][:n], data["y"][:n]
 judge = load_classifier("sdo-adv:digits-judge").to(dev).eval()
 rows, advs = [], {}
 info = {"device": torch.cuda.get_device_name() if dev == "cuda" else dev, "torch": torch.__version__, "n": n,
@@ -77,37 +81,9 @@ A = [  # (victims, kwargs)
 FORMER_FIDELITY = {"fidelity_norm": "l2", "fidelity": 200.0}  # the defaults the sweep ran under; rows override
 
 
-def attack_row(vname, kw, kw_repr):
-    victim = load_classifier("sdo-adv:digits-" + {"pgd": "resnet18-pgd"}.get(vname, vname)).to(dev).eval()
-    kw = {**FORMER_FIDELITY, **kw}
-    gset = {k: kw.pop(k) for k in ("guidance_scale", "num_inference_steps") if k in kw}
-    gen = load_generator("sdo-adv:digits", **gset).to(dev)
-    if isinstance(kw.get("guard"), str):
-        kw["guard"] = load_classifier(kw["guard"]).to(dev).eval()
-    work = [0]
-
-    def count(step: AttackStep):
-        work[0] += step.network_images
-
-    attack = SDOAttack(victim, gen, callback=count, **kw)
-    torch.manual_seed(0)
-    t = time.time()
-    adv = attack(x, y)
-    if dev == "cuda":
-        torch.cuda.synchronize()
-    sec = time.time() - t
-    with torch.no_grad():
-        cp, ap = victim(x).argmax(1), victim(adv).argmax(1)
-    succ = attack_success(cp, ap, y)
-    jp = judge_predictions({"j": judge}, adv)["j"].to(dev)
-    ok = int(succ.sum())
-    correct = int((cp == y).sum())
-    l2 = (adv - x).flatten(1).norm(dim=1)
-    return adv, {"victim": vname, "kwargs": kw_repr, "clean_correct": correct, "success": ok,
-                 "success_rate": ok / max(1, correct),
-                 "judge_keeps": ((jp == y) & succ).sum().item() / max(1, ok),
-                 "l2": l2[succ].mean().item() if ok else None, "unet_images_per_image": work[0] / len(x),
-                 "seconds": sec}
+def spec_of(kw: dict) -> str:
+    """``kw`` as a natural_quality.py attack spec."""
+    return ",".join(f"{k}={json.dumps(v)}" for k, v in sorted(kw.items())) or "default"
 
 
 for victims, kw in A:
@@ -116,10 +92,11 @@ for victims, kw in A:
             break
         kw_repr = json.dumps(kw, sort_keys=True)
         try:
-            adv, row = attack_row(v, kw, kw_repr)
-            advs[f"{v} {kw_repr}"] = (adv.detach().cpu() * 255).round().to(torch.uint8)
+            row, adv = run("sdo-adv:digits-" + {"pgd": "resnet18-pgd"}.get(v, v), spec_of(kw), x, y, len(x), dev,
+                           base=FORMER_FIDELITY)
+            advs[f"{v} {kw_repr}"] = (adv * 255).round().to(torch.uint8)
         except Exception as e:  # keep going: one bad setting must not lose the rest
-            row = {"victim": v, "kwargs": kw_repr, "error": repr(e)[:500]}
+            row = {"victim": v, "attack": spec_of(kw), "error": repr(e)[:500]}
         row["t"] = time.time() - t_start
         rows.append(row)
         print(json.dumps(row), flush=True)

@@ -72,11 +72,14 @@ def parse_attack(spec: str) -> dict:
     return out
 
 
-def run(victim: str, spec: str, images: torch.Tensor, labels: torch.Tensor, batch: int) -> dict:
+def run(victim: str, spec: str, images: torch.Tensor, labels: torch.Tensor, batch: int, device: str = "cpu",
+        base: dict | None = None) -> tuple[dict, torch.Tensor]:
+    """One (victim, attack) row on ``device`` and the adversarial digits (on the CPU);
+    ``base``: SDOAttack arguments the spec's own override."""
     import torchattacks
 
-    model = load_classifier(victim)
-    judge = {JUDGE: load_classifier(JUDGE)}
+    model = load_classifier(victim).to(device).eval()
+    judge = {JUDGE: load_classifier(JUDGE).to(device).eval()}
     kwargs, work = parse_attack(spec), [0]
 
     def count(step: AttackStep) -> None:
@@ -85,18 +88,19 @@ def run(victim: str, spec: str, images: torch.Tensor, labels: torch.Tensor, batc
     if "pgd" in kwargs:
         attack = torchattacks.PGD(model, eps=kwargs["pgd"], alpha=0.01, steps=40, random_start=True)
     else:
+        kwargs = {**(base or {}), **kwargs}
         settings = {k: kwargs.pop(k) for k in GENERATOR_SETTINGS if k in kwargs}
         if "mask" in kwargs:
             kwargs["mask"] = MASKS[kwargs["mask"]]
-        attack = SDOAttack(model, load_generator("sdo-adv:digits", **settings), callback=count, **kwargs)
+        attack = SDOAttack(model, load_generator("sdo-adv:digits", **settings).to(device), callback=count, **kwargs)
     torch.manual_seed(0)
     adv, started = [], time.perf_counter()
     for i in range(0, len(images), batch):
-        adv.append(attack(images[i:i + batch], labels[i:i + batch]))
+        adv.append(attack(images[i:i + batch].to(device), labels[i:i + batch].to(device)).cpu())
     seconds = time.perf_counter() - started
     adv = torch.cat(adv)
     with torch.no_grad():
-        clean_pred, adv_pred = model(images).argmax(1), model(adv).argmax(1)
+        clean_pred, adv_pred = model(images.to(device)).argmax(1).cpu(), model(adv.to(device)).argmax(1).cpu()
     success = attack_success(clean_pred, adv_pred, labels)
     judged = judge_predictions(judge, adv)
     natural = natural_success(success, labels, judged)
@@ -110,7 +114,7 @@ def run(victim: str, spec: str, images: torch.Tensor, labels: torch.Tensor, batc
             "judge_clean_accuracy": (judge_predictions(judge, images)[JUDGE] == labels).float().mean().item(),
             "seconds_per_image": seconds / len(images),
             # machine-independent cost: images the sampler's UNet evaluated, per attacked image
-            "network_images_per_image": work[0] / len(images) if "pgd" not in kwargs else None}
+            "network_images_per_image": work[0] / len(images) if "pgd" not in kwargs else None}, adv
 
 
 def save(out: Path, settings: dict, row: dict, threads: int) -> list[dict]:
@@ -167,7 +171,7 @@ def main() -> None:
         for spec in a.attacks.split(";"):
             if any(r["victim"] == victim and r["attack"] == spec for r in rows):
                 continue
-            row = {**run(victim, spec, images, labels, a.batch), "command": " ".join(sys.argv)}
+            row = {**run(victim, spec, images, labels, a.batch)[0], "command": " ".join(sys.argv)}
             rows.append(row)
             print(f"{victim:34s} {spec:40s} success {row['success_rate']:.3f} judge keeps "
                   f"{fmt(row['judge_agreement'], '.3f')} natural {row['natural_success_rate']:.3f} L2 "

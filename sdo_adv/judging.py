@@ -24,8 +24,9 @@ def attack_success(clean_pred: Tensor, adv_pred: Tensor, labels: Tensor, target:
 
 @torch.no_grad()
 def judge_predictions(judges: Mapping[str, nn.Module], images: Tensor, batch: int = 256) -> dict[str, Tensor]:
-    """Each judge's predicted classes ``(B,)`` for [0, 1] ``images`` ``(B, C, H, W)``, computed
-    without a graph on detached images (a judge can never pass a gradient to an attack)."""
+    """Each judge's predicted classes ``(B,)``, on the CPU, for [0, 1] ``images`` ``(B, C, H, W)``
+    on any device, computed without a graph on detached images (a judge can never pass a
+    gradient to an attack)."""
     images = images.detach()
     preds = {}
     for name, judge in judges.items():
