@@ -27,10 +27,10 @@ import sdo_adv  # noqa: E402
 sdo_adv.__path__.append(str(ROOT))  # sdo_adv.attacks -> ROOT/attacks without installing
 from sdo_adv import load_classifier, load_generator  # noqa: E402
 from sdo_adv.attacks import UniversalSDO  # noqa: E402
-from sdo_adv.judging import judge_predictions  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from natural_quality import run  # noqa: E402
+from universal_quality import fresh_samples  # noqa: E402
 
 data_file, out, budget = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
 n = int(sys.argv[4]) if len(sys.argv) > 4 else 400
@@ -123,18 +123,12 @@ for vname, kw, steps in B:
         u = UniversalSDO(victim, gen, range(10), **kw)
         u.train(steps)
         tt = time.time() - t
-        labels = torch.arange(10).repeat_interleave(50)  # seeds 500000+, apart from training
-        seeds = [500000 + i for i in range(len(labels))]
-        adv, draws = u.sample(labels, seeds)
-        labels = labels.to(dev)
-        with torch.no_grad():
-            pb, pa = victim(draws).argmax(1), victim(adv).argmax(1)
-        fooled = (pb == labels) & (pa != labels)
-        jp = judge_predictions({"j": judge}, adv)["j"].to(dev)
+        f = fresh_samples(victim, u, 50, 500000, judge)  # seeds 500000+, apart from training
+        fooled = f["success"]
         row = {"part": "universal", "victim": vname, "kwargs": json.dumps(kw), "steps": steps, "train_s": tt,
-               "fooling": fooled.sum().item() / max(1, (pb == labels).sum().item()),
-               "judge_keeps": ((jp == labels) & fooled).sum().item() / max(1, fooled.sum().item()),
-               "l2": (adv - draws).flatten(1).norm(dim=1)[fooled].mean().item() if fooled.any() else None}
+               "fooling": fooled.sum().item() / max(1, f["correct"].sum().item()),
+               "judge_keeps": f["natural"].sum().item() / max(1, fooled.sum().item()),
+               "l2": (f["adv"] - f["draws"]).flatten(1).norm(dim=1)[fooled].mean().item() if fooled.any() else None}
     except Exception as e:
         row = {"part": "universal", "victim": vname, "kwargs": json.dumps(kw), "error": repr(e)[:500]}
     row["t"] = time.time() - t_start

@@ -6,24 +6,34 @@ agreement and L2 on 20 samples per class of seeds 500000 + i (not the report see
 Arguments: victim, JSON of UniversalSDO overrides (``guard`` as a classifier spec), training
 steps[, number of classes].
 """
-import sys, time, json, torch
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
 from sdo_adv import load_classifier
 from sdo_adv.attacks import UniversalSDO
-from sdo_adv.judging import judge_predictions
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from universal_quality import fresh_samples  # noqa: E402
+
 torch.set_num_threads(1)
-victim = sys.argv[1]; kw = json.loads(sys.argv[2]); steps = int(sys.argv[3]); classes = list(range(int(sys.argv[4]) if len(sys.argv) > 4 else 10))
-model = load_classifier(victim).eval(); judge = load_classifier("sdo-adv:digits-judge").eval()
+victim, kw, steps = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
+classes = list(range(int(sys.argv[4]) if len(sys.argv) > 4 else 10))
+model, judge = load_classifier(victim).eval(), load_classifier("sdo-adv:digits-judge").eval()
 if "guard" in kw:  # a classifier spec
     kw["guard"] = load_classifier(kw["guard"]).eval()
 u = UniversalSDO(model, "sdo-adv:digits", classes, **kw)
 t = time.time(); losses = u.train(steps); tt = time.time() - t
-labels = torch.tensor(classes).repeat_interleave(20); seeds = [500000 + i for i in range(len(labels))]
-t = time.time(); adv, draws = u.sample(labels, seeds); ts = time.time() - t
-with torch.no_grad():
-    pb, pa = model(draws).argmax(1), model(adv).argmax(1)
-ok = (pb == labels) & (pa != labels)
-j = judge_predictions({"j": judge}, adv)["j"]
-pool = torch.tensor(classes).repeat_interleave(4); pool_seeds = [u.settings["seed"] * 10**6 + int(c) * 10**4 + i for c in classes for i in range(4)]
+f = fresh_samples(model, u, 20, 500000, judge)
+ok = f["success"]
+pool = torch.tensor(classes).repeat_interleave(4)
+pool_seeds = [u.settings["seed"] * 10**6 + int(c) * 10**4 + i for c in classes for i in range(4)]
 with torch.no_grad():
     train_fool = (model(u.sample(pool, pool_seeds)[0]).argmax(1) != pool).float().mean()
-print(victim, sys.argv[2], steps, f"fool on training seeds {train_fool:.2f}", f"train {tt:.0f}s loss {losses[0]:.3f}->{sum(losses[-5:])/5:.3f} fool {ok.sum()/ (pb==labels).sum():.2f} judge {(j[ok]==labels[ok]).float().mean():.2f} L2 {(adv-draws).flatten(1).norm(dim=1)[ok].mean():.2f} sample {ts/len(labels)*1000:.0f} ms/img", flush=True)
+print(victim, sys.argv[2], steps, f"fool on training seeds {train_fool:.2f}",
+      f"train {tt:.0f}s loss {losses[0]:.3f}->{sum(losses[-5:]) / 5:.3f} fool {ok.sum() / f['correct'].sum():.2f} "
+      f"judge {f['natural'][ok].float().mean():.2f} L2 {(f['adv'] - f['draws']).flatten(1).norm(dim=1)[ok].mean():.2f} "
+      f"sample {f['seconds'] / len(f['labels']) * 1000:.0f} ms/img", flush=True)

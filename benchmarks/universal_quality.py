@@ -21,6 +21,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -35,27 +36,42 @@ from sdo_adv.runs.report import fmt
 SEED = 100_000
 
 
+def fresh_samples(model: torch.nn.Module, universal: UniversalSDO, per_class: int, first_seed: int,
+                  judge: torch.nn.Module, batch: int = 100) -> dict[str, Any]:
+    """``per_class`` samples of each of ``universal``'s classes from seeds ``first_seed + i``
+    (never training seeds): labels, the adversarial and plain draws ([0, 1], on the CPU), which
+    plain draws the victim reads as their class (``correct``), which of those the change fools
+    (``success``), which successes the judge still reads as the class (``natural``), and the
+    sampling's ``seconds``."""
+    labels = torch.tensor(universal.classes).repeat_interleave(per_class)
+    seeds = [first_seed + i for i in range(len(labels))]
+    started, adv, draws = time.perf_counter(), [], []
+    for i in range(0, len(labels), batch):
+        x, d = universal.sample(labels[i:i + batch], seeds[i:i + batch])
+        adv.append(x.cpu())
+        draws.append(d.cpu())
+    seconds = time.perf_counter() - started
+    adv, draws = torch.cat(adv), torch.cat(draws)
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        before, after = model(draws.to(device)).argmax(1).cpu(), model(adv.to(device)).argmax(1).cpu()
+    success = attack_success(before, after, labels)
+    return {"labels": labels, "adv": adv, "draws": draws, "correct": before == labels, "success": success,
+            "natural": success & (judge_predictions({JUDGE: judge}, adv)[JUDGE] == labels),
+            "seconds": seconds}
+
+
 def run(victim: str, bound: float, a: argparse.Namespace, reference: torch.Tensor) -> dict:
-    model, judge = load_classifier(victim).eval(), {JUDGE: load_classifier(JUDGE).eval()}
+    model, judge = load_classifier(victim).eval(), load_classifier(JUDGE).eval()
     universal = UniversalSDO(model, "sdo-adv:digits", range(10), variable=a.variable, depth=a.depth, bound=bound,
                              batch_size=a.batch_size, pool=a.pool, fidelity=a.fidelity, lr=a.lr)
     started = time.perf_counter()
     losses = universal.train(a.train_steps)
     train_seconds = time.perf_counter() - started
-    labels = torch.arange(10).repeat_interleave(a.per_class)
-    seeds = [SEED + i for i in range(len(labels))]
-    started, adv, draws = time.perf_counter(), [], []
-    for i in range(0, len(labels), 100):
-        x, d = universal.sample(labels[i:i + 100], seeds[i:i + 100])
-        adv.append(x)
-        draws.append(d)
-    sample_seconds = time.perf_counter() - started
-    adv, draws = torch.cat(adv), torch.cat(draws)
-    with torch.no_grad():
-        before, after = model(draws).argmax(1), model(adv).argmax(1)
-    success = attack_success(before, after, labels)
-    correct = before == labels
-    natural = success & (judge_predictions(judge, adv)[JUDGE] == labels)
+    fresh = fresh_samples(model, universal, a.per_class, SEED, judge)
+    labels, adv, draws, correct, success, natural = (fresh[k] for k in ("labels", "adv", "draws", "correct",
+                                                                        "success", "natural"))
+    sample_seconds = fresh["seconds"]
     features = load_classifier(FEATURES).eval()
     fd = lambda x: frechet_distance(penultimate_features(features, x), reference) if len(x) > 1 else None  # noqa: E731
     transfer = {}
