@@ -41,7 +41,7 @@ from sdo_adv.runs.report import fmt
 VICTIMS = ("sdo-adv:digits-resnet18", "sdo-adv:digits-mlp", "sdo-adv:digits-lenet", "sdo-adv:digits-test_efficientnet",
            "sdo-adv:digits-cnn-aug", "sdo-adv:digits-resnet18-pgd")
 JUDGE = "sdo-adv:digits-judge"
-MASKS = {"upper-half": lambda x: torch.ones_like(x[:, :1]).index_fill_(2, torch.arange(x.shape[2] // 2, x.shape[2]), 0)}
+MASKS = {"upper-half": lambda x: torch.ones_like(x[:, :1]).index_fill_(2, torch.arange(x.shape[2] // 2, x.shape[2], device=x.device), 0)}
 GENERATOR_SETTINGS = ("guidance_scale", "num_inference_steps", "solver")  # keys that go to load_generator
 
 
@@ -76,8 +76,6 @@ def run(victim: str, spec: str, images: torch.Tensor, labels: torch.Tensor, batc
         base: dict | None = None) -> tuple[dict, torch.Tensor]:
     """One (victim, attack) row on ``device`` and the adversarial digits (on the CPU);
     ``base``: SDOAttack arguments the spec's own override."""
-    import torchattacks
-
     model = load_classifier(victim).to(device).eval()
     judge = {JUDGE: load_classifier(JUDGE).to(device).eval()}
     kwargs, work = parse_attack(spec), [0]
@@ -86,6 +84,8 @@ def run(victim: str, spec: str, images: torch.Tensor, labels: torch.Tensor, batc
         work[0] += step.network_images
 
     if "pgd" in kwargs:
+        import torchattacks
+
         attack = torchattacks.PGD(model, eps=kwargs["pgd"], alpha=0.01, steps=40, random_start=True)
     else:
         kwargs = {**(base or {}), **kwargs}

@@ -91,7 +91,8 @@ def as_options(values: Mapping[str, Any]) -> str:
         param = params.get(name)
         flag = param.opts[0] if param is not None else "--" + name.replace("_", "-")
         if isinstance(value, bool):
-            options.append(flag if value else f"--no-{flag[2:]}")
+            off = param.secondary_opts[0] if param is not None and param.secondary_opts else f"without {flag}"
+            options.append(flag if value else off)
         elif value is None:
             options.append(f"{flag} none" if param is not None and isinstance(param.type, OptionalNumber)
                            else f"without {flag}")

@@ -178,6 +178,7 @@ def test_universal_cli_resumes_as_if_uninterrupted_and_generate_samples_with_it(
     assert torch.allclose(resumed.latent_offset, whole.latent_offset, atol=1e-6)
     res = run(*universal_args(assets, tmp_path / "u", "--train-steps", "3", "--bound", "0.1"))
     assert res.exit_code == 2 and "bound: 0.35 -> 0.1" in res.output
+    assert "resume with the options it was run with (--bound 0.35)" in " ".join(res.output.split()), res.output
     other = f"{assets / 'net.py'}:create_other"
     res = run(*universal_args(assets, tmp_path / "u", "--train-steps", "3", "--classifier", other))
     assert res.exit_code == 2 and f"classifier: '{assets / 'net.py'}:create_model' -> '{other}'" in res.output, res.output

@@ -16,6 +16,7 @@ from ..attacks.universal import SETTINGS, check_pool
 from ..judging import attack_success, judge_predictions, natural_success
 from ..loading import check_classifier_spec, load_generator
 from .attack_run import _load, item_seed, run_classes, run_classifier
+from .config import refused_resume
 from .errors import RunError
 
 TRAINING = ("variable", "depth", "bound", "lr", "batch_size", "pool", "fidelity", "kappa", "estimator",
@@ -64,14 +65,13 @@ class UniversalRun:
             defaults = {k: p.default for k, p in inspect.signature(UniversalSDO).parameters.items()}
             saved = {**{k: defaults[k] for k in TRAINING if k not in saved}, **saved}  # older folders: defaults
             asked = self.universal.settings
-            changed = [f"{k}: {saved[k]!r} -> {asked[k]!r}" for k in (*TRAINING, "classes", "num_inference_steps")
-                       if k in saved and saved[k] != asked[k]]
+            changed = {k: (saved[k], asked[k]) for k in (*TRAINING, "classes", "num_inference_steps")
+                       if k in saved and saved[k] != asked[k]}
             models = {"classifier": classifier, "generator": generator, "guard": guard}
             trained_on = json.loads((self.out / SETTINGS).read_text()).get("figures", {})
-            changed += [f"{k}: {trained_on[k]!r} -> {v!r}" for k, v in models.items() if trained_on.get(k, v) != v]
+            changed |= {k: (trained_on[k], v) for k, v in models.items() if trained_on.get(k, v) != v}
             if changed:
-                raise RunError(f"{self.out} holds universal changes trained with other settings "
-                               f"({'; '.join(changed)}); use the same settings or another folder", "out")
+                raise refused_resume(self.out, changed)
             self.universal.restore(self.out)
             self.notice(f"notice: resuming at step {self.universal.step} of {train_steps}")
         self.universal.figures.setdefault("train_seconds", 0.0)
