@@ -7,11 +7,11 @@ larger training pools than a CPU affords; rows written as they finish, within a 
     python benchmarks/gpu_tuning_sweep.py tune.pt OUT_DIR 470 [N] [DEVICE]   # on the GPU machine
 
 Writes OUT_DIR/sweep.json (attack rows as ``benchmarks/natural_quality.py`` measures them:
-success over clean-correct digits, the SVM judge's agreement, mean L2, UNet images per digit)
-and OUT_DIR/adv_<victim>.pt (the adversarial digits as uint8, for
-judges of other families afterwards). ``SWEEP_B_SECONDS`` (default 200) is the time kept for
-the universal part. Runs from a checkout without installing (the repository root is put on
-``sdo_adv``'s path).
+success over clean-correct digits, the SVM judge's agreement, mean L2, UNet images per digit;
+universal rows as ``benchmarks/universal_quality.py``'s ``figures`` gives them) and
+OUT_DIR/adv_<victim>.pt (the adversarial digits as uint8, for judges of other families
+afterwards). ``SWEEP_B_SECONDS`` (default 200) is the time kept for the universal part. Runs
+from a checkout without installing (the repository root is put on ``sdo_adv``'s path).
 """
 import json
 import os
@@ -30,7 +30,7 @@ from sdo_adv.attacks import UniversalSDO  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from natural_quality import run  # noqa: E402
-from universal_quality import fresh_samples  # noqa: E402
+from universal_quality import figures, fresh_samples  # noqa: E402
 
 data_file, out, budget = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
 n = int(sys.argv[4]) if len(sys.argv) > 4 else 400
@@ -123,12 +123,8 @@ for vname, kw, steps in B:
         u = UniversalSDO(victim, gen, range(10), **kw)
         u.train(steps)
         tt = time.time() - t
-        f = fresh_samples(victim, u, 50, 500000, judge)  # seeds 500000+, apart from training
-        fooled = f["success"]
-        row = {"part": "universal", "victim": vname, "kwargs": json.dumps(kw), "steps": steps, "train_s": tt,
-               "fooling": fooled.sum().item() / max(1, f["correct"].sum().item()),
-               "judge_keeps": f["natural"].sum().item() / max(1, fooled.sum().item()),
-               "l2": (f["adv"] - f["draws"]).flatten(1).norm(dim=1)[fooled].mean().item() if fooled.any() else None}
+        f = figures(fresh_samples(victim, u, 50, 500000, judge))  # seeds 500000+, apart from training
+        row = {"part": "universal", "victim": vname, "kwargs": json.dumps(kw), "steps": steps, "train_s": tt, **f}
     except Exception as e:
         row = {"part": "universal", "victim": vname, "kwargs": json.dumps(kw), "error": repr(e)[:500]}
     row["t"] = time.time() - t_start

@@ -15,9 +15,10 @@ import torch
 
 from sdo_adv import load_classifier
 from sdo_adv.attacks import UniversalSDO
+from sdo_adv.runs.report import fmt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from universal_quality import fresh_samples  # noqa: E402
+from universal_quality import figures, fresh_samples  # noqa: E402
 
 torch.set_num_threads(1)
 victim, kw, steps = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
@@ -27,13 +28,12 @@ if "guard" in kw:  # a classifier spec
     kw["guard"] = load_classifier(kw["guard"]).eval()
 u = UniversalSDO(model, "sdo-adv:digits", classes, **kw)
 t = time.time(); losses = u.train(steps); tt = time.time() - t
-f = fresh_samples(model, u, 20, 500000, judge)
-ok = f["success"]
+f = figures(fresh := fresh_samples(model, u, 20, 500000, judge))
 pool = torch.tensor(classes).repeat_interleave(4)
 pool_seeds = [u.settings["seed"] * 10**6 + int(c) * 10**4 + i for c in classes for i in range(4)]
 with torch.no_grad():
     train_fool = (model(u.sample(pool, pool_seeds)[0]).argmax(1) != pool).float().mean()
 print(victim, sys.argv[2], steps, f"fool on training seeds {train_fool:.2f}",
-      f"train {tt:.0f}s loss {losses[0]:.3f}->{sum(losses[-5:]) / 5:.3f} fool {ok.sum() / f['correct'].sum():.2f} "
-      f"judge {f['natural'][ok].float().mean():.2f} L2 {(f['adv'] - f['draws']).flatten(1).norm(dim=1)[ok].mean():.2f} "
-      f"sample {f['seconds'] / len(f['labels']) * 1000:.0f} ms/img", flush=True)
+      f"train {tt:.0f}s loss {losses[0]:.3f}->{sum(losses[-5:]) / 5:.3f} fool {f['fooling_rate']:.2f} "
+      f"judge {fmt(f['judge_agreement'], '.2f')} L2 {fmt(f['mean_l2'], '.2f')} "
+      f"sample {fresh['seconds'] / len(fresh['labels']) * 1000:.0f} ms/img", flush=True)

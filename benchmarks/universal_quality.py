@@ -61,6 +61,20 @@ def fresh_samples(model: torch.nn.Module, universal: UniversalSDO, per_class: in
             "seconds": seconds}
 
 
+def figures(fresh: dict[str, Any]) -> dict[str, float | None]:
+    """:func:`fresh_samples`' figures: the plain draws the victim reads as their class
+    (``clean_accuracy``), the share of those the change fools (``fooling_rate``), the share of the
+    fooled the judge still reads as the class (``judge_agreement``), natural fooling over the
+    correct draws, and the mean L2 of the fooled to their plain draws."""
+    correct, success, natural = fresh["correct"], fresh["success"], fresh["natural"]
+    fooled = bool(success.any())
+    return {"clean_accuracy": correct.float().mean().item(),
+            "fooling_rate": (success.sum() / correct.sum().clamp(min=1)).item(),
+            "judge_agreement": natural[success].float().mean().item() if fooled else None,
+            "natural_fooling_rate": (natural.sum() / correct.sum().clamp(min=1)).item(),
+            "mean_l2": (fresh["adv"] - fresh["draws"]).flatten(1).norm(dim=1)[success].mean().item() if fooled else None}
+
+
 def run(victim: str, bound: float, a: argparse.Namespace, reference: torch.Tensor) -> dict:
     model, judge = load_classifier(victim).eval(), load_classifier(JUDGE).eval()
     universal = UniversalSDO(model, "sdo-adv:digits", range(10), variable=a.variable, depth=a.depth, bound=bound,
@@ -69,9 +83,7 @@ def run(victim: str, bound: float, a: argparse.Namespace, reference: torch.Tenso
     losses = universal.train(a.train_steps)
     train_seconds = time.perf_counter() - started
     fresh = fresh_samples(model, universal, a.per_class, SEED, judge)
-    labels, adv, draws, correct, success, natural = (fresh[k] for k in ("labels", "adv", "draws", "correct",
-                                                                        "success", "natural"))
-    sample_seconds = fresh["seconds"]
+    labels, adv, success = fresh["labels"], fresh["adv"], fresh["success"]
     features = load_classifier(FEATURES).eval()
     fd = lambda x: frechet_distance(penultimate_features(features, x), reference) if len(x) > 1 else None  # noqa: E731
     transfer = {}
@@ -80,14 +92,10 @@ def run(victim: str, bound: float, a: argparse.Namespace, reference: torch.Tenso
             with torch.no_grad():
                 transfer[other] = (load_classifier(other).eval()(adv[success]).argmax(1) != labels[success]).float().mean().item()
     return {"victim": victim, "attack": f"{a.variable} bound={bound}", "bound": bound, "n": len(labels),
-            "clean_accuracy": correct.float().mean().item(),
-            "fooling_rate": (success.sum() / correct.sum().clamp(min=1)).item(),
-            "judge_agreement": natural[success].float().mean().item() if success.any() else None,
-            "natural_fooling_rate": (natural.sum() / correct.sum().clamp(min=1)).item(),
-            "mean_l2": (adv - draws).flatten(1).norm(dim=1)[success].mean().item() if success.any() else None,
-            "frechet_adversarial": fd(adv), "frechet_draws": fd(draws), "transfer": transfer,
+            **figures(fresh),
+            "frechet_adversarial": fd(adv), "frechet_draws": fd(fresh["draws"]), "transfer": transfer,
             "train_seconds": train_seconds, "loss_first_last": [losses[0], sum(losses[-5:]) / len(losses[-5:])],
-            "images_per_second": len(labels) / sample_seconds,
+            "images_per_second": len(labels) / fresh["seconds"],
             "settings": {**universal.settings, "train_steps": a.train_steps}}
 
 
