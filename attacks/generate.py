@@ -62,6 +62,8 @@ class SDOGenerate(SDOAttack):
         depth (float or int or sequence): as in :class:`SDOAttack`, on the draw's trajectory.
             (Default: ``(0.3, 0.5)``)
         lr (float or sequence): as in :class:`SDOAttack`. (Default: 0.05)
+        estimator (str or sequence): as in :class:`SDOAttack`; the generation defaults were
+            tuned with ``sdo`` at every depth. (Default: ``"sdo"``)
         fidelity (float), fidelity_norm (str): as in :class:`SDOAttack`; the squared error the
             generation defaults were tuned with. (Default: 200.0, ``"l2"``)
         shell (bool): keep the norm of the start noise when it is optimized (depth 1.0).
@@ -88,6 +90,8 @@ class SDOGenerate(SDOAttack):
                  depth: float | int | Sequence[float | int] = (0.3, 0.5), lr: float | Sequence[float] = 0.05,
                  shell: bool = True, guidance_scale: float | None = 2.0, fidelity: float = 200.0,
                  fidelity_norm: str = "l2", **kwargs: Any) -> None:
+        if "gradient" not in kwargs:  # the estimator's former name
+            kwargs.setdefault("estimator", "sdo")
         super().__init__(model, generator, depth=depth, lr=lr, fidelity=fidelity, fidelity_norm=fidelity_norm, **kwargs)
         self.attack = "SDOGenerate"
         gen = self.generator

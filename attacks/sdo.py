@@ -11,7 +11,7 @@ from torchattacks.attack import Attack
 from tqdm.auto import tqdm
 
 from sdo_adv.arguments import choice, count, flag, number
-from sdo_adv.estimators import Estimator, parse_estimator
+from sdo_adv.estimators import Estimator, estimators_name, per_depth
 from sdo_adv.generator import Condition, DiffusionGenerator, Inversion
 from sdo_adv.imaging import check_images, check_labels
 from sdo_adv.loading import load_classifier, load_generator
@@ -49,14 +49,16 @@ class SDOAttack(Attack):
             number of depths go unused). Smaller steps at the shallow first depth cross the
             victim's boundary with less overshoot; the deeper retry keeps larger ones.
             (Default: ``(0.03, 0.05)``)
-        estimator (str or Estimator): gradient estimator: ``sdo`` (= ``sdo:first``),
+        estimator (str or Estimator or sequence): gradient estimator: ``sdo`` (= ``sdo:first``),
             ``sdo:last``, ``sdo:random``, ``sdo:<i>``, ``skip``, ``truncated:K``,
-            ``checkpoint``, ``full``. ``gradient=`` is accepted as its former name.
-            (Default: ``"sdo"``)
+            ``checkpoint``, ``full``; several (a sequence or comma-joined) serve the depths in
+            turn, as ``lr``; ``"auto"``: ``skip`` (the sampler's linear path alone) at the first of
+            several depths, ``sdo`` at the others (see :func:`sdo_adv.estimators.per_depth`).
+            ``gradient=`` is its former name. (Default: ``"auto"``)
         depth (float or int or sequence): inversion depth, a fraction of the schedule in (0, 1]
             or a start index; or increasing depths, tried in turn: the samples not yet
             successful after ``steps`` iterations at one depth start again, from their original
-            image, at the next (per-sample adaptive depth). (Default: ``(0.2, 0.5)``)
+            image, at the next (per-sample adaptive depth). (Default: ``(0.2, 0.25, 0.5)``)
         loss (str): ``"cw"`` margin or ``"ce"``. (Default: ``"cw"``)
         kappa (float): confidence margin of the ``cw`` loss. (Default: 0.0)
         fidelity (float): weight of the pixel error to the original image ([0, 1] units)
@@ -64,25 +66,20 @@ class SDOAttack(Attack):
         fidelity_norm (str): that error: ``"l1"`` mean absolute (fewer changed pixels, less
             haze), or ``"l2"`` mean squared (weigh it ~200). (Default: ``"l1"``)
         fidelity_halflife (float or None): iterations over which the fidelity weight halves
-            (a sample optimized longer is one that has not yet succeeded); None keeps it
-            constant. (Default: 10)
+            (for samples not yet successful); None keeps it constant. (Default: 10)
         latent_bound (float or None): L-inf bound on the change of the start latent (and of
             the conditioning embedding). (Default: 1.0)
         optimize (str): ``"latent"``, ``"cond"`` or ``"both"``. (Default: ``"latent"``)
         early_stop (bool): stop optimizing a sample at its first success; otherwise run all
             steps and keep the successful image with the smallest L2. (Default: True)
-        prompts (callable or list of str or None): prompts for text-conditional generators,
-            a list or a function of the labels; None builds them from the generator's
-            ``class_names``. (Default: None)
-        progress (bool): show a progress bar over iterations with the running success
-            rate. (Default: False)
-        sampler (str): ``"sequential"``, or ``"picard"``: each iteration refines the previous
-            iteration's trajectory with ``sweeps`` batched-over-time sweeps (see
-            :mod:`sdo_adv.picard`; DDIM only). Returned images and reported success always come
-            from an exact sequential pass. (Default: ``"sequential"``)
+        prompts (callable or list of str or None): prompts for text-conditional generators, or
+            a function of the labels; None: from the generator's ``class_names``. (Default: None)
+        progress (bool): a progress bar with the running success rate. (Default: False)
+        sampler (str): ``"sequential"``, or ``"picard"``: each iteration refines the last one's
+            trajectory with ``sweeps`` batched-over-time sweeps (:mod:`sdo_adv.picard`; DDIM
+            only); returned images and success come from an exact pass. (Default: ``"sequential"``)
         sweeps (int): Picard sweeps per iteration. (Default: 1)
-        tol (float or None): stop the sweeps once the largest relative update falls below it.
-            (Default: None)
+        tol (float or None): stop the sweeps once the largest relative update is below it. (Default: None)
         hold (str): what a Picard sweep holds fixed when it rebuilds the trajectory:
             ``"output"`` (the network output: the sampler's linear path) or ``"clean"`` (the
             clean-image prediction; see :mod:`sdo_adv.picard`). (Default: ``"output"``)
@@ -91,13 +88,11 @@ class SDOAttack(Attack):
         guard (nn.Module or str or None): a classifier (or a spec for
             :func:`sdo_adv.load_classifier`) that must keep reading the true class: its hinge
             ``max(0, guard_kappa - margin)`` joins the loss with weight ``guard_weight`` and a
-            sample succeeds only while the guard reads the true class with a margin of at
-            least ``guard_kappa``; one that cannot is
-            returned as its last image the victim still reads correctly (or as the input)
-            and reported as not fooled. An adversarially trained classifier
-            (perceptually aligned gradients) keeps the class for people and for judges; it must
-            not be the victim. ``"auto"`` takes the generator's recommended guard, if its settings
-            name one (the embedded digits name none; pass ``"sdo-adv:digits-guard"``). (Default: ``"auto"``)
+            sample succeeds only while the guard reads the true class by ``guard_kappa``; one
+            that cannot is returned as its last image the victim still reads correctly (or as
+            the input) and reported as not fooled. Not the victim.
+            ``"auto"``: the generator's recommended guard, if its settings name one (the
+            embedded digits name none). (Default: ``"auto"``)
         guard_weight (float): weight of the guard's hinge. (Default: 1.0)
         guard_kappa (float): the guard's margin (true-class logit over the largest other)
             that the hinge asks for and success requires. (Default: 0.0)
@@ -109,12 +104,12 @@ class SDOAttack(Attack):
         - images: :math:`(N, C, H, W)` in [0, 1], C in {1, 3}. - labels: :math:`(N)` int.
         - output: :math:`(N, C, H, W)` in [0, 1], the input's dtype and device.
 
-    The defaults (shallow inversion with small steps, a mean-absolute fidelity term whose weight
-    halves for samples still unsuccessful, a deeper retry with larger steps) were tuned on
-    held-out digits against several embedded victims so that judges of three families still read
-    the true class.
-    For Stable Diffusion scale, use ``depth=0.25``-``0.4``, ``lr=0.01``, ``latent_bound=0.2``
-    (ACA's latent budget) and ``fidelity_norm="l2"`` with ``fidelity`` around 10.
+    The defaults (shallow inversion with small linear-path steps, a mean-absolute fidelity term
+    whose weight halves for samples still unsuccessful, a deeper SDO retry with larger steps)
+    were tuned on held-out digits against several embedded victims so that judges of three
+    families still read the true class. For Stable Diffusion scale, use ``depth=0.25``-``0.4``,
+    ``lr=0.01``, ``latent_bound=0.2`` (ACA's latent budget) and ``fidelity_norm="l2"`` with
+    ``fidelity`` around 10.
 
     Examples::
         >>> attack = SDOAttack(model, generator, steps=50, estimator="sdo")
@@ -122,8 +117,8 @@ class SDOAttack(Attack):
     """
 
     def __init__(self, model: torch.nn.Module | str, generator: DiffusionGenerator | str, steps: int = 50,
-                 lr: float | Sequence[float] = (0.03, 0.05), estimator: str | Estimator = "sdo",
-                 depth: float | int | Sequence[float | int] = (0.2, 0.5),
+                 lr: float | Sequence[float] = (0.03, 0.05), estimator: str | Estimator | Sequence[str] = "auto",
+                 depth: float | int | Sequence[float | int] = (0.2, 0.25, 0.5),
                  loss: str = "cw", kappa: float = 0.0, fidelity: float = 40.0,
                  latent_bound: float | None = 1.0, optimize: str = "latent",
                  early_stop: bool = True, fidelity_halflife: float | None = 10.0,
@@ -139,23 +134,19 @@ class SDOAttack(Attack):
         super().__init__("SDOAttack", model)
         self.generator = load_generator(generator)
         if gradient is not None:
-            if estimator != "sdo" and estimator != gradient:
+            if estimator != "auto" and estimator != gradient:
                 raise ValueError(f"estimator={estimator!r} and gradient={gradient!r} disagree: "
                                  "gradient is the former name of estimator, give one")
             estimator = gradient
-        self.estimator = parse_estimator(estimator)
         self.loss = choice("loss", loss, LOSSES)
         self.fidelity_norm = choice("fidelity_norm", fidelity_norm, FIDELITY_NORMS)
-        if choice("optimize", optimize, OPTIMIZE) != "latent" and not self.estimator.reaches_condition:
-            raise ValueError(f"estimator {self.estimator.name!r} gives the conditioning no gradient; "
-                             "use optimize='latent'")
         self.depths, self.lrs = depth_schedule(self.generator, depth, lr)
-        for d in self.depths:
-            self.estimator.check(self.generator.num_inference_steps - self.generator.start_index(d))
+        self.optimize = choice("optimize", optimize, OPTIMIZE)
+        self.set_estimator(estimator)
         self.steps, self.lr, self.depth = count("steps", steps), learning_rate(lr), depth
         self.kappa, self.fidelity = number("kappa", kappa, 0), number("fidelity", fidelity, 0)
         self.latent_bound = number("latent_bound", latent_bound, 0, strict=True, optional=True)
-        self.optimize, self.early_stop = optimize, flag("early_stop", early_stop)
+        self.early_stop = flag("early_stop", early_stop)
         self.fidelity_halflife = number("fidelity_halflife", fidelity_halflife, 0, strict=True, optional=True)
         self.prompts, self.progress, self.callback = prompts, flag("progress", progress), callback
         self.sampler, hold = choice("sampler", sampler, SAMPLERS), choice("hold", hold, HOLDS)
@@ -175,8 +166,18 @@ class SDOAttack(Attack):
 
     def __repr__(self) -> str:
         return (f"SDOAttack(model_name={self.model_name}, device={self.device}, attack_mode={self.attack_mode}, "
-                f"targeted={self.targeted}, estimator={self.estimator.name}, steps={self.steps}, lr={self.lr}, "
+                f"targeted={self.targeted}, estimator={self.estimator}, steps={self.steps}, lr={self.lr}, "
                 f"depth={self.depth}, sampler={self.sampler})")
+
+    def set_estimator(self, estimator: str | Estimator | Sequence[str], seed: int | None = None) -> None:
+        """Take ``estimator`` (as the argument; ``seed`` seeds ``sdo:random``): ``estimator`` its
+        name, ``estimators`` the one at each depth, checked against its schedule."""
+        estimators = per_depth(estimator, len(self.depths), self.optimize != "latent", seed)
+        for e, d in zip(estimators, self.depths):
+            if self.optimize != "latent" and not e.reaches_condition:
+                raise ValueError(f"estimator {e.name!r} gives the conditioning no gradient; use optimize='latent'")
+            e.check(self.generator.num_inference_steps - self.generator.start_index(d))
+        self.estimator, self.estimators = estimators_name(estimator), estimators
 
     # ---- checks before any sampling ---------------------------------------------------------
     def _validate(self, images: Tensor, labels: Tensor, clean_logits: Tensor) -> Tensor:
@@ -226,12 +227,12 @@ class SDOAttack(Attack):
             clean_logits.argmax(1) == labels
         search = Search.begin(images)
         reconstruction = torch.zeros(n, device=gen.device, dtype=work)
-        for k, depth in enumerate(self.depths):
+        for k in range(len(self.depths)):
             todo = (~(search.done | search.failed)).nonzero().squeeze(1)
             if todo.numel() == 0:
                 break
-            reconstruction[todo] = self._pass(search, images, labels, goal, cond, depth, self.lrs[k], todo,
-                                              attackable, k * (self.steps + 1), started).to(work)
+            reconstruction[todo] = self._pass(search, images, labels, goal, cond, k, todo, attackable,
+                                              started).to(work)
         out = search.best.to(device=in_device, dtype=in_dtype)
         returned = out.to(device=gen.device, dtype=work)
         with torch.no_grad():
@@ -250,15 +251,14 @@ class SDOAttack(Attack):
         return out
 
     def _pass(self, s: Search, images: Tensor, labels: Tensor, goal: Tensor, cond: Condition | None,
-              depth: float | int, lr: float, todo: Tensor, attackable: Tensor, offset: int,
-              started: float) -> Tensor:
-        """Optimize the ``todo`` samples from an inversion to ``depth`` for ``steps`` iterations at
-        learning rate ``lr`` (iteration numbers shifted by ``offset``), updating ``s``; return
-        their inversion error."""
-        gen, work = self.generator, images.dtype
+              k: int, todo: Tensor, attackable: Tensor, started: float) -> Tensor:
+        """Optimize the ``todo`` samples from an inversion to the ``k``-th depth for ``steps``
+        iterations at its learning rate and with its estimator, updating ``s``; return their
+        inversion error."""
+        gen, work, offset = self.generator, images.dtype, k * (self.steps + 1)
         c, h, w = images.shape[1:]
         cond_t = cond.select(todo) if cond is not None else None
-        inversion = self._start_latent(images, depth, cond_t, todo)
+        inversion = self._start_latent(images, self.depths[k], cond_t, todo)
         start = inversion.start
         z0 = torch.zeros((images.shape[0], *inversion.latent.shape[1:]), device=gen.device, dtype=work)
         z0[todo] = inversion.latent.to(work)
@@ -276,7 +276,7 @@ class SDOAttack(Attack):
                 s.best_cond = cond.embeds.detach().clone()
         if not params:
             raise ValueError("optimize='cond' needs a conditional generator")
-        opt = torch.optim.Adam(params, lr=lr)
+        opt = torch.optim.Adam(params, lr=self.lrs[k])
         trajectory = self._picard.init_trajectory(z0, start, cond) if self._picard else None
         bar = tqdm(total=self.steps + 1, desc="SDOAttack", unit="it", disable=not self.progress)
         for it in range(self.steps + 1):
@@ -288,7 +288,7 @@ class SDOAttack(Attack):
             last = it == self.steps
             with torch.set_grad_enabled(not last):
                 z, cond_a = self._variables(z0, delta, cond, cond_delta, active)
-                generated, calls = self._sample(z, cond_a, start, active, trajectory)
+                generated, calls = self._sample(z, cond_a, start, active, trajectory, self.estimators[k])
                 adv = self._region.paste(gen.from_generator(generated, c, (h, w)), active)
                 logits = self.get_logits(adv)
                 guard_logits = self.guard(adv) if self.guard is not None else None
@@ -354,14 +354,14 @@ class SDOAttack(Attack):
         return z0[active] + delta[active], cond_a
 
     def _sample(self, z: Tensor, cond: Condition | None, start: int, active: Tensor,
-                trajectory: Trajectory | None) -> tuple[Tensor, list[int]]:
+                trajectory: Trajectory | None, estimator: Estimator) -> tuple[Tensor, list[int]]:
         """Generated images in [0, 1] (with Picard, warm-started from and updating
         ``trajectory``) and the ``[calls, images]`` of the UNet it took."""
         with counting_calls(self.generator.unet) as calls:
             if self._picard is None:
                 blend = self._region.hook(self.generator, active, start)
-                return self.generator.sample(z, cond=cond, estimator=self.estimator, start=start, callback=blend), calls
-            images, refined = self._picard.sample(z, cond=cond, estimator=self.estimator, start=start,
+                return self.generator.sample(z, cond=cond, estimator=estimator, start=start, callback=blend), calls
+            images, refined = self._picard.sample(z, cond=cond, estimator=estimator, start=start,
                                                   trajectory=trajectory.select(active))
         trajectory.states[:, active] = refined.states
         return images, calls

@@ -81,13 +81,14 @@ def resolve_options(ctx: click.Context, values: dict[str, Any]) -> dict[str, Any
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False),
               help="CSV with columns file,label and optionally prompt (each image's own prompt).")
 @click.option("--targeted", help="random, least-likely, next (label + 1), or a CSV with columns file,target.")
-@click.option("--estimator", "--gradient", "estimator", default="sdo", show_default=True,
-              help="Gradient estimator: sdo, sdo:last, sdo:random, sdo:<i>, skip, truncated:K, checkpoint, full.")
+@click.option("--estimator", "--gradient", "estimator", default="auto", show_default=True,
+              help="Gradient estimator: sdo, sdo:last, sdo:random, sdo:<i>, skip, truncated:K, checkpoint, full; "
+                   "or one per depth, comma-separated; auto: skip at the first of several depths, sdo at the others.")
 @click.option("--steps", default=50, show_default=True, type=click.IntRange(1), help="Attack iterations.")
 @click.option("--lr", default="0.03,0.05", show_default=True, type=Rates(),
               help="Adam learning rate on the latent; or the rate at each depth in turn, comma-separated "
                    "(the last one serves further depths).")
-@click.option("--depth", default=(0.2, 0.5), show_default="0.2,0.5", type=Depths(),
+@click.option("--depth", default=(0.2, 0.25, 0.5), show_default="0.2,0.25,0.5", type=Depths(),
               help="Inversion depth, a fraction of the sampling schedule; or increasing depths, comma-separated: "
                    "images not yet fooled at one depth start again at the next.")
 @click.option("--fidelity", default=40.0, show_default=True, type=click.FloatRange(0),

@@ -9,12 +9,14 @@ the call keeps its autograd graph (``GRAPH``), keeps it through activation check
 
 Names: ``full``, ``checkpoint``, ``truncated:K``, ``skip``, ``sdo`` (= ``sdo:first``),
 ``sdo:last``, ``sdo:random``, ``sdo:<index>`` (index into the sampled steps; negative
-indices count from the end).
+indices count from the end). An attack that tries several depths takes one estimator per
+depth (:func:`per_depth`): ``auto``, one name, or several (comma-separated or a sequence).
 """
 from __future__ import annotations
 
 import enum
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 
@@ -26,6 +28,7 @@ class CallMode(enum.Enum):
 
 ESTIMATOR_FORMS = ("full", "checkpoint", "truncated:K", "skip", "sdo", "sdo:first",
                    "sdo:last", "sdo:random", "sdo:<index>")
+AUTO = "auto"
 
 
 @dataclass
@@ -111,3 +114,39 @@ def parse_estimator(spec: str | Estimator, seed: int | None = None) -> Estimator
         except ValueError:
             raise error from None
     raise error
+
+
+def parse_estimators(spec: str | Estimator | Sequence[str | Estimator],
+                     seed: int | None = None) -> tuple[Estimator, ...] | None:
+    """The estimators of a per-depth ``spec``: None for ``"auto"`` (see :func:`per_depth`), else
+    one or more :class:`Estimator` from a name, an :class:`Estimator`, a comma-separated string
+    of names or a sequence of either. ValueError naming the spec for anything else."""
+    if isinstance(spec, str) and spec.strip().lower() == AUTO:
+        return None
+    items = spec.split(",") if isinstance(spec, str) else list(spec) if isinstance(spec, (list, tuple)) else [spec]
+    if not items or any(isinstance(s, str) and s.strip().lower() == AUTO for s in items):
+        raise ValueError(f"estimator {spec!r}: give {AUTO!r}, one estimator, or one per depth "
+                         f"({', '.join(ESTIMATOR_FORMS)})")
+    return tuple(parse_estimator(s, seed=seed) for s in items)
+
+
+def per_depth(spec: str | Estimator | Sequence[str | Estimator], depths: int, conditioning: bool = False,
+              seed: int | None = None) -> tuple[Estimator, ...]:
+    """The estimator at each of ``depths`` increasing depths. ``"auto"``: with several depths,
+    ``skip`` at the first (the sampler's linear path alone: cheap, and its changes stay where
+    the classifier's pixel gradient is) and ``sdo`` at the others, whose retries need its
+    stronger gradient; ``sdo`` at a single depth, and at every depth when the ``conditioning``
+    is optimized (it needs a network call with a graph). Given estimators serve the depths in
+    turn, the last serving further depths."""
+    given = parse_estimators(spec, seed)
+    if given is None:
+        skip_first = depths > 1 and not conditioning
+        return tuple(Estimator("skip") if i == 0 and skip_first else Estimator("sdo", "first", seed=seed)
+                     for i in range(depths))
+    return tuple(given[min(i, len(given) - 1)] for i in range(depths))
+
+
+def estimators_name(spec: str | Estimator | Sequence[str | Estimator]) -> str:
+    """``spec`` as a name: ``auto``, one estimator's name, or the names comma-separated."""
+    given = parse_estimators(spec)
+    return AUTO if given is None else ",".join(e.name for e in given)

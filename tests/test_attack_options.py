@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from sdo_adv import load_classifier
 from sdo_adv.attacks import SDOAttack
+from sdo_adv.estimators import parse_estimator
 from tiny import (TinyClassifier, cw_margin, latent_text_generator, pixel_generator,
                   recorded_network_calls, tiny_sdo_attack, tiny_models, batch, unfooled_batch, NoSampling)
 
@@ -257,10 +258,10 @@ def test_gradient_alias_equals_estimator(models):
     images, labels = unfooled_batch(model, 4)
     old = SDOAttack(model, gen, steps=2, lr=0.3, gradient="full")
     new = SDOAttack(model, gen, steps=2, lr=0.3, estimator="full")
-    assert old.estimator.name == new.estimator.name == "full"
+    assert old.estimator == new.estimator == "full"
     assert torch.equal(old(images, labels), new(images, labels))
     assert torch.equal(old.last_result.latent, new.last_result.latent)
-    assert SDOAttack(model, gen, estimator="sdo:last", gradient="sdo:last").estimator.name == "sdo:last"
+    assert SDOAttack(model, gen, estimator="sdo:last", gradient="sdo:last").estimator == "sdo:last"
     with pytest.raises(ValueError, match="disagree"):
         SDOAttack(model, gen, estimator="skip", gradient="full")
 
@@ -283,6 +284,41 @@ def test_sdo_index_is_checked_against_the_sampled_steps_at_construction(models, 
     else:
         with pytest.raises(ValueError, match="outside"):
             SDOAttack(model, gen, estimator=estimator, depth=depth)
+
+
+@pytest.mark.parametrize("estimator,depth,optimize,expected", [
+    ("auto", (0.5, 1.0), "latent", ["skip", "sdo:first"]),
+    ("auto", 0.5, "latent", ["sdo:first"]),
+    ("auto", (0.5, 1.0), "both", ["sdo:first", "sdo:first"]),
+    ("auto", (0.25, 0.5, 1.0), "latent", ["skip", "sdo:first", "sdo:first"]),
+    ("skip,full", (0.25, 0.5, 1.0), "latent", ["skip", "full", "full"]),
+    (["full", "sdo:last"], (0.5, 1.0), "latent", ["full", "sdo:last"]),
+    ("sdo:last", (0.5, 1.0), "latent", ["sdo:last", "sdo:last"])])
+def test_each_depth_runs_its_estimator(models, monkeypatch, estimator, depth, optimize, expected):
+    """The estimators the sampler is given while gradients are on, depth by depth (a spy on the
+    generator's ``sample``; a margin no image reaches, so that every one goes on to the deepest)."""
+    model, gen = models
+    images, labels = unfooled_batch(model, 2)
+    used, sample = {}, gen.sample
+
+    def spy(latent, **kw):
+        if torch.is_grad_enabled():
+            used.setdefault(kw["start"], set()).add(parse_estimator(kw["estimator"]).name)
+        return sample(latent, **kw)
+
+    monkeypatch.setattr(gen, "sample", spy)
+    attack = SDOAttack(model, gen, steps=2, kappa=1e9, depth=depth, estimator=estimator, optimize=optimize)
+    assert [e.name for e in attack.estimators] == expected
+    attack(images, labels)
+    assert [used[start] for start in sorted(used, reverse=True)] == [{name} for name in expected]
+
+
+@pytest.mark.parametrize("estimator,match", [("auto,sdo", "one per depth"), ("sdo,bptt", "unknown gradient estimator"),
+                                             ([], "one per depth"), ("skip", "no gradient")])
+def test_bad_estimator_lists_are_refused(models, estimator, match):
+    model, gen = models
+    with pytest.raises(ValueError, match=match):
+        SDOAttack(model, gen, estimator=estimator, optimize="cond" if estimator == "skip" else "latent")
 
 
 # ---- callback -------------------------------------------------------------------------------
@@ -325,10 +361,10 @@ def test_callback_stops_when_every_sample_succeeded(models):
 def test_adaptive_depth_retries_only_the_failures_deeper(models):
     model, gen = models
     images, labels = unfooled_batch(model, 8)
-    shallow = tiny_sdo_attack(model, gen, steps=3, depth=0.25, lr=0.05)
+    shallow = tiny_sdo_attack(model, gen, steps=3, depth=0.25, lr=0.05, estimator="sdo")
     adv_shallow = shallow(images, labels)
     steps = []
-    adaptive = tiny_sdo_attack(model, gen, steps=3, depth=(0.25, 1.0), lr=0.05, callback=steps.append)
+    adaptive = tiny_sdo_attack(model, gen, steps=3, depth=(0.25, 1.0), lr=0.05, callback=steps.append, estimator="sdo")
     adv = adaptive(images, labels)
     first, r = shallow.last_result.success, adaptive.last_result
     assert 0 < first.sum() < 8 and r.success.sum() > first.sum()  # the second depth found more
@@ -347,9 +383,9 @@ def test_adaptive_depth_retries_only_the_failures_deeper(models):
 def test_each_depth_has_its_own_learning_rate(models):
     model, gen = models
     images, labels = unfooled_batch(model, 8)
-    per_depth = tiny_sdo_attack(model, gen, steps=3, depth=(0.25, 1.0), lr=(0.05, 0.3))
+    per_depth = tiny_sdo_attack(model, gen, steps=3, depth=(0.25, 1.0), lr=(0.05, 0.3), estimator="sdo")
     adv = per_depth(images, labels)
-    first = tiny_sdo_attack(model, gen, steps=3, depth=0.25, lr=0.05)
+    first = tiny_sdo_attack(model, gen, steps=3, depth=0.25, lr=0.05, estimator="sdo")
     adv_first = first(images, labels)
     fooled = first.last_result.success
     assert 0 < fooled.sum() < 8 and torch.equal(adv[fooled], adv_first[fooled])

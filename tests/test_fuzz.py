@@ -431,8 +431,10 @@ def test_cli_npz(assets, data):
 
 # ---- the command line's options ------------------------------------------------------------------------
 OPTION_VALUES = {  # flag -> (valid values, invalid values); None: the option left out
-    "--estimator": (("sdo", "sdo:last", "full", "skip", "truncated:2", "checkpoint", "sdo:random", "SDO:first"),
-                    ("bptt", "sdo:", "sdo:x", "truncated:0", "truncated:-1", "full:1", "", "sdo:1:2")),
+    "--estimator": (("auto", "sdo", "sdo:last", "full", "skip", "truncated:2", "checkpoint", "sdo:random", "SDO:first",
+                     "skip,sdo", "full,skip,sdo"),
+                    ("bptt", "sdo:", "sdo:x", "truncated:0", "truncated:-1", "full:1", "", "sdo:1:2", "auto,sdo", ",",
+                     "skip,bptt")),
     "--steps": (("1", "2"), ("0", "-1", "x", "1.5")),
     "--lr": (("0.05", "1", "1e-3"), ("0", "-0.1", "nan", "inf", "x")),
     "--depth": (("0.5", "1", "0.01", "0.3,0.5", "0.01,1"), ("0", "1.5", "-0.5", "nan", "x", "0.5,0.3", "0.3,0.3",

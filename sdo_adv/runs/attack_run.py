@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from .. import metrics
 from ..attacks import SDOAttack
 from ..distributed import Process, current_process
-from ..estimators import parse_estimator
+from ..estimators import parse_estimators, per_depth
 from ..files import write_text
 from ..generator import DiffusionGenerator
 from ..judging import attack_success, judge_predictions, natural_success
@@ -127,9 +127,10 @@ class AttackRun:
         if config.sampler == "picard" and solver not in ("ddim", None):  # None: the stored scheduler's own
             raise RunError(f"the picard sampler needs the ddim solver, not {solver}", "sampler")
         n = config.num_inference_steps or stored.get("num_inference_steps", DEFAULT_SAMPLING_STEPS)
-        for depth in config.depth:
+        for depth, estimator in zip(config.depth, per_depth(config.estimator, len(config.depth),
+                                                             config.optimize != "latent")):
             try:
-                parse_estimator(config.estimator).check(max(1, round(depth * n)))
+                estimator.check(max(1, round(depth * n)))
             except ValueError as err:
                 raise RunError(f"{err} (depth {depth} of {n} sampling steps)", "estimator") from err
         return stored, guard
@@ -269,7 +270,7 @@ class AttackRun:
         seeds = [item_seed(self.config.seed, it.source) for it in batch]
         self._pin_targets(batch, seeds)
         if self.random_estimator:
-            self.attack.estimator = parse_estimator(self.config.estimator, seed=seeds[0])
+            self.attack.set_estimator(self.config.estimator, seed=seeds[0])
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*converting explicitly")  # said once, as a notice
             adv = self.attack(images, labels)
@@ -321,10 +322,10 @@ class AttackRun:
 
 
 def one_at_a_time(config: T, say: Callable[[str], None], work: str) -> tuple[T, bool]:
-    """``(config, random)``, ``random`` if its estimator is ``sdo:random``, which draws one step
+    """``(config, random)``, ``random`` if an estimator is ``sdo:random``, which draws one step
     per iteration for a whole batch: then ``config`` with batches of one (said, as ``work``
     one at a time), so that results do not depend on batching."""
-    random = parse_estimator(config.estimator).arg == "random"
+    random = any(e.arg == "random" for e in parse_estimators(config.estimator) or ())
     if random and config.batch_size > 1:
         say(f"sdo:random draws one step per iteration for a whole batch: {work} at a time so that results "
             "do not depend on batching")

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..attacks.sdo import OPTIMIZE, SAMPLERS
 from ..class_names import NAMED_SETS
-from ..estimators import parse_estimator
+from ..estimators import per_depth
 from ..generator_settings import SOLVERS
 from ..losses import FIDELITY_NORMS, LOSSES
 from ..masks import MASK_MODES
@@ -51,14 +51,15 @@ class AttackRunConfig:
     targeted: str | None = None
     """None (untargeted), ``random``, ``least-likely``, ``next`` (label + 1) or a CSV with
     columns ``file,target``."""
-    estimator: str = "sdo"
-    """Gradient estimator (see :mod:`sdo_adv.estimators`)."""
+    estimator: str = "auto"
+    """Gradient estimator, or one per depth joined by commas, or ``auto`` (``skip`` at the first
+    of several depths, ``sdo`` at the others; see :func:`sdo_adv.estimators.per_depth`)."""
     steps: int = 50
     """Attack iterations."""
     lr: float | tuple[float, ...] = (0.03, 0.05)
     """Adam learning rate on the latent, or the rate at each depth in turn (the last one serving
     further depths)."""
-    depth: tuple[float, ...] = (0.2, 0.5)
+    depth: tuple[float, ...] = (0.2, 0.25, 0.5)
     """Inversion depths, increasing fractions of the sampling schedule in (0, 1]: images not
     yet fooled at one depth start again at the next (a single number is one depth)."""
     fidelity: float = 40.0
@@ -168,10 +169,6 @@ class AttackRunConfig:
         object.__setattr__(self, "judges", tuple(j.strip() for j in self.judges))
         if self.classifier in self.judges:
             raise RunError(f"the attacked classifier {self.classifier} cannot judge its own attack", "judges")
-        try:
-            parse_estimator(self.estimator)
-        except (ValueError, TypeError) as err:
-            raise RunError(str(err), "estimator") from err
         self._check_attack_settings()
         self._check_generator_settings()
         if not Path(self.input).exists():
@@ -212,7 +209,13 @@ class AttackRunConfig:
             raise RunError(f"the attacked classifier {self.classifier} cannot guard its own attack", "guard")
         if self.guard in self.judges:
             raise RunError(f"{self.guard} cannot both guard (in the loss) and judge (never in the loss)", "guard")
-        if self.optimize != "latent" and not parse_estimator(self.estimator).reaches_condition:
+        if not isinstance(self.estimator, str):
+            raise RunError(f"estimator must be a name or names joined by commas, got {self.estimator!r}", "estimator")
+        try:
+            estimators = per_depth(self.estimator, len(self.depth), self.optimize != "latent")
+        except ValueError as err:
+            raise RunError(str(err), "estimator") from err
+        if self.optimize != "latent" and not all(e.reaches_condition for e in estimators):
             raise RunError(f"estimator {self.estimator!r} gives the conditioning no gradient: optimize "
                            f"{self.optimize!r} needs another estimator", "optimize")
 

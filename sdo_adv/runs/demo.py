@@ -52,7 +52,7 @@ def run_demo(out: str | Path = "demo", n: int = 16, seed: int = 0, progress: boo
     report = {
         "generator": GENERATOR, "classifier": CLASSIFIER, "judges": list(JUDGES),
         "n": n, "seed": seed, "attack": {k: v for k, v in attack_kwargs.items()},
-        "estimator": attack.estimator.name, "steps": attack.steps, "depth": attack.depth, "lr": attack.lr,
+        "estimator": attack.estimator, "steps": attack.steps, "depth": attack.depth, "lr": attack.lr,
         "fidelity": attack.fidelity, "fidelity_norm": attack.fidelity_norm, "fidelity_halflife": attack.fidelity_halflife,
         "clean_accuracy": correct.float().mean().item(),
         "success_rate": ok.sum().item() / correct.sum().item() if correct.any() else None,

@@ -24,7 +24,7 @@ from .. import metrics
 from ..attacks import SDOGenerate, UniversalSDO
 from ..attacks.universal import SETTINGS
 from ..distributed import Process, current_process
-from ..estimators import parse_estimator
+from ..estimators import parse_estimators
 from ..files import write_text
 from ..generator_settings import SOLVERS
 from ..judging import attack_success, judge_predictions, natural_success
@@ -121,7 +121,7 @@ class GenerateRunConfig:
         if self.classifier in self.judges or self.guard in (self.classifier, *self.judges):
             raise RunError("the attacked classifier, the guard and the judges must be different models", "judges")
         try:
-            parse_estimator(self.estimator)
+            parse_estimators(self.estimator)
         except (ValueError, TypeError) as err:
             raise RunError(str(err), "estimator") from err
 
@@ -252,7 +252,7 @@ class GenerateRun:
             iterations, failures = [0] * len(batch), [None] * len(batch)
         else:
             if self.random_estimator:
-                self.attack.estimator = parse_estimator(self.config.estimator, seed=seeds[0])
+                self.attack.set_estimator(self.config.estimator, seed=seeds[0])
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*converting explicitly")
                 adv = self.attack.generate(labels, seeds)
