@@ -25,7 +25,7 @@ def main() -> None:
     images, labels = load_digits(n)
     model = load_classifier("sdo-adv:digits-resnet18")
     others = {name: load_classifier(f"sdo-adv:{name}") for name in ("digits-test_efficientnet", "digits-resnet18-pgd")}
-    attack = SDOAttack(model, load_generator("sdo-adv:digits"), steps=steps, estimator="sdo")
+    attack = SDOAttack(model, load_generator("sdo-adv:digits"), steps=steps, estimator="auto")
 
     adv = attack(images, labels)
     r = attack.last_result
