@@ -1,18 +1,25 @@
-"""The depths an attack tries in turn, and the learning rate at each."""
+"""The depths an attack tries in turn, and the learning rate and gradient estimator at each."""
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from sdo_adv.estimators import Estimator, parse_estimators, per_depth
 from sdo_adv.generator import DiffusionGenerator
 from sdo_adv.rates import rates_per_depth
 
 
 def depth_schedule(generator: DiffusionGenerator, depth: float | int | Sequence[float | int],
-                   lr: float | Sequence[float]) -> tuple[tuple[float | int, ...], tuple[float, ...]]:
-    """``(depths, rates)``: the increasing inversion depths (fractions in (0, 1] or start
-    indices) and the learning rate at each. A sequence of rates is taken in turn, its last
-    rate serving further depths; depths that start at the same step of ``generator``'s
-    schedule are one depth, at the first one's rate. Raises ValueError on anything else."""
+                   lr: float | Sequence[float], estimator: str | Estimator | Sequence[str] = "auto",
+                   conditioning: bool = False, seed: int | None = None,
+                   ) -> tuple[tuple[float | int, ...], tuple[float, ...], tuple[Estimator, ...]]:
+    """``(depths, rates, estimators)``: the increasing inversion depths (fractions in (0, 1] or
+    start indices), the learning rate and the estimator at each. Sequences of rates and of
+    estimators are taken over the depths as given, in turn, the last serving further depths;
+    depths that start at the same step of ``generator``'s schedule are one depth, with the first
+    one's rate and estimator; ``"auto"`` is planned over the depths kept (see
+    :func:`sdo_adv.estimators.per_depth`; ``conditioning``: the conditioning is optimized, so
+    every estimator must reach it; ``seed`` seeds ``sdo:random``). Each estimator is checked
+    against its depth's sampled steps. Raises ValueError on anything else."""
     depths = tuple(depth) if isinstance(depth, (tuple, list)) else (depth,)
     starts = [generator.start_index(d) for d in depths]
     fractions = [d for d in depths if isinstance(d, float)]
@@ -21,4 +28,13 @@ def depth_schedule(generator: DiffusionGenerator, depth: float | int | Sequence[
         raise ValueError(f"depth must be one depth or a sequence of increasing depths, got {depth!r}")
     rates = rates_per_depth(lr, len(depths))
     kept = [i for i in range(len(depths)) if i == 0 or starts[i] != starts[i - 1]]
-    return tuple(depths[i] for i in kept), tuple(rates[i] for i in kept)
+    if parse_estimators(estimator) is None:
+        estimators = per_depth(estimator, len(kept), conditioning, seed)
+    else:
+        planned = per_depth(estimator, len(depths), conditioning, seed)
+        estimators = tuple(planned[i] for i in kept)
+    for e, i in zip(estimators, kept):
+        if conditioning and not e.reaches_condition:
+            raise ValueError(f"estimator {e.name!r} gives the conditioning no gradient; use optimize='latent'")
+        e.check(generator.num_inference_steps - starts[i])
+    return tuple(depths[i] for i in kept), tuple(rates[i] for i in kept), estimators

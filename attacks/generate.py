@@ -90,7 +90,7 @@ class SDOGenerate(SDOAttack):
                  depth: float | int | Sequence[float | int] = (0.3, 0.5), lr: float | Sequence[float] = 0.05,
                  shell: bool = True, guidance_scale: float | None = 2.0, fidelity: float = 200.0,
                  fidelity_norm: str = "l2", **kwargs: Any) -> None:
-        if "gradient" not in kwargs:  # the estimator's former name
+        if kwargs.get("gradient") is None:  # the estimator's former name
             kwargs.setdefault("estimator", "sdo")
         super().__init__(model, generator, depth=depth, lr=lr, fidelity=fidelity, fidelity_norm=fidelity_norm, **kwargs)
         self.attack = "SDOGenerate"

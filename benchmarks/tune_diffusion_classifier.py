@@ -22,7 +22,7 @@ x, y = digits("tune", 164)
 x, y = x[64:], y[64:]
 model, judge = load_classifier(victim), load_classifier("sdo-adv:digits-judge")
 gen = load_generator("sdo-adv:digits")
-attack = SDOAttack(model, gen, depth=(0.3, 0.5))
+attack = SDOAttack(model, gen, depth=(0.3, 0.5), estimator="sdo")
 torch.manual_seed(0)
 adv = attack(x, y)
 succ = attack.last_result.success

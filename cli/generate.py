@@ -31,7 +31,8 @@ class Classes(click.ParamType):
 @click.option("--judge", "--judges", "judges", default="",
               help="Comma-separated classifier specs that judge the images: never attacked, never in the loss.")
 @click.option("--estimator", "--gradient", "estimator", default="sdo", show_default=True,
-              help="Gradient estimator: sdo, sdo:last, sdo:random, sdo:<i>, skip, truncated:K, checkpoint, full.")
+              help="Gradient estimator: sdo, sdo:last, sdo:random, sdo:<i>, skip, truncated:K, checkpoint, full; "
+                   "or one per depth, comma-separated; auto: skip at the first of several depths, sdo at the others.")
 @click.option("--steps", default=50, show_default=True, type=click.IntRange(1), help="Optimization iterations.")
 @click.option("--lr", default="0.05", show_default=True, type=Rates(),
               help="Adam learning rate on the latent; or the rate at each depth in turn, comma-separated "

@@ -313,6 +313,17 @@ def test_each_depth_runs_its_estimator(models, monkeypatch, estimator, depth, op
     assert [used[start] for start in sorted(used, reverse=True)] == [{name} for name in expected]
 
 
+def test_merged_depths_keep_the_first_ones_rate_and_estimator(models):
+    """Depths that start at the same step are one; rates and estimators follow the depths as given."""
+    model, gen = models  # 4 steps: depths 0.25 and 0.3 both sample 1 of them
+    attack = SDOAttack(model, gen, depth=(0.25, 0.3, 1.0), lr=(0.1, 0.2, 0.3), estimator="skip,sdo:last,full")
+    assert attack.depths == (0.25, 1.0) and attack.lrs == (0.1, 0.3)
+    assert [e.name for e in attack.estimators] == ["skip", "full"]
+    assert [e.name for e in SDOAttack(model, gen, depth=(0.25, 0.3)).estimators] == ["sdo:first"]  # auto, one depth
+    attack.estimator = "sdo:last"  # setting the attribute re-plans
+    assert [e.name for e in attack.estimators] == ["sdo:last", "sdo:last"] and attack.estimator == "sdo:last"
+
+
 @pytest.mark.parametrize("estimator,match", [("auto,sdo", "one per depth"), ("sdo,bptt", "unknown gradient estimator"),
                                              ([], "one per depth"), ("skip", "no gradient")])
 def test_bad_estimator_lists_are_refused(models, estimator, match):
