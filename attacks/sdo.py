@@ -175,8 +175,8 @@ class SDOAttack(Attack):
 
     def set_estimator(self, estimator: str | Estimator | Sequence[str], seed: int | None = None) -> None:
         """Plan ``estimator`` (as the argument; ``seed`` seeds ``sdo:random``) over the depths."""
-        self.depths, self.lrs, self.estimators = depth_schedule(self.generator, self.depth, self.lr, estimator,
-                                                                self.optimize != "latent", seed)
+        self.depths, self.lrs, self.estimators = depth_schedule(
+            self.generator.num_inference_steps, self.depth, self.lr, estimator, self.optimize != "latent", seed)
         self._estimator = estimators_name(estimator)
 
     # ---- checks before any sampling ---------------------------------------------------------

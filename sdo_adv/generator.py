@@ -57,6 +57,21 @@ class Inversion:
     error: Tensor
 
 
+def start_index(depth: float | int, n: int) -> int:
+    """Index of an ``n``-step sampling schedule to start from: ``depth`` in (0, 1] is the
+    fraction of the schedule to run (1.0 = from pure noise), an int is the index itself (0 =
+    pure noise)."""
+    if isinstance(depth, bool) or not isinstance(depth, (int, float)):
+        raise TypeError(f"depth must be a float fraction or an int index, got {depth!r}")
+    if isinstance(depth, int):
+        if not 0 <= depth < n:
+            raise ValueError(f"depth index {depth} is outside the schedule [0, {n})")
+        return depth
+    if not 0.0 < depth <= 1.0:
+        raise ValueError(f"depth fraction must be in (0, 1], got {depth}")
+    return n - max(1, round(depth * n))
+
+
 class DiffusionGenerator(nn.Module):
     """Wraps a diffusers UNet, scheduler and optional VAE / text encoder for differentiable sampling.
 
@@ -288,18 +303,8 @@ class DiffusionGenerator(nn.Module):
         return self.trajectory_scheduler().timesteps.clone()
 
     def start_index(self, depth: float | int) -> int:
-        """Schedule index to start from: ``depth`` in (0, 1] is the fraction of the schedule
-        to run (1.0 = from pure noise), an int is the index itself (0 = pure noise)."""
-        n = self.num_inference_steps
-        if isinstance(depth, bool) or not isinstance(depth, (int, float)):
-            raise TypeError(f"depth must be a float fraction or an int index, got {depth!r}")
-        if isinstance(depth, int):
-            if not 0 <= depth < n:
-                raise ValueError(f"depth index {depth} is outside the schedule [0, {n})")
-            return depth
-        if not 0.0 < depth <= 1.0:
-            raise ValueError(f"depth fraction must be in (0, 1], got {depth}")
-        return n - max(1, round(depth * n))
+        """Schedule index to start from (:func:`start_index` on this generator's schedule)."""
+        return start_index(depth, self.num_inference_steps)
 
     def state_alphas(self) -> Tensor:
         """float64 ``(n + 1,)`` cumulative alphas of the sampling states: entry 0 that of

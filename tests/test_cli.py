@@ -322,6 +322,17 @@ def test_bad_inputs_fail_before_compute(assets, tmp_path, no_compute):
         assert not (out / "manifest.jsonl").exists()
 
 
+def test_depths_on_one_step_are_checked_as_the_attack_plans_them(assets, tmp_path):
+    """Of the generator's 3 sampling steps, depths 0.3 and 0.4 both run the last one, so they are
+    one depth with the first estimator, for the run's checks as for SDOAttack: the second
+    estimator (an index outside that step) goes unused; given first, it is refused."""
+    used = invoke(*attack_args(assets, tmp_path / "a", "--depth", "0.3,0.4", "--estimator", "sdo:0,sdo:5"))
+    assert used.exit_code == 0, used.output
+    assert len(manifest(tmp_path / "a")) == 8
+    refused = invoke(*attack_args(assets, tmp_path / "b", "--depth", "0.3,0.4", "--estimator", "sdo:5,sdo:0"))
+    assert refused.exit_code == 2 and "index 5 is outside the 1 sampled steps" in refused.output, refused.output
+
+
 @pytest.mark.parametrize("suffix", ["yaml", "toml"])
 def test_config_file(assets, tmp_path, suffix):
     cfg = tmp_path / f"run.{suffix}"

@@ -20,8 +20,9 @@ from tqdm.auto import tqdm
 
 from .. import metrics
 from ..attacks import SDOAttack
+from ..attacks.depths import depth_schedule
 from ..distributed import Process, current_process
-from ..estimators import parse_estimators, per_depth
+from ..estimators import parse_estimators
 from ..files import write_text
 from ..generator import DiffusionGenerator
 from ..judging import attack_success, judge_predictions, natural_success
@@ -127,12 +128,11 @@ class AttackRun:
         if config.sampler == "picard" and solver not in ("ddim", None):  # None: the stored scheduler's own
             raise RunError(f"the picard sampler needs the ddim solver, not {solver}", "sampler")
         n = config.num_inference_steps or stored.get("num_inference_steps", DEFAULT_SAMPLING_STEPS)
-        for depth, estimator in zip(config.depth, per_depth(config.estimator, len(config.depth),
-                                                             config.optimize != "latent")):
-            try:
-                estimator.check(max(1, round(depth * n)))
-            except ValueError as err:
-                raise RunError(f"{err} (depth {depth} of {n} sampling steps)", "estimator") from err
+        try:
+            depth_schedule(n, config.depth, config.lr, config.estimator, config.optimize != "latent")
+        except ValueError as err:
+            raise RunError(f"{err} (depths {', '.join(map(str, config.depth))} of {n} sampling steps)",
+                           "estimator") from err
         return stored, guard
 
     def _resumed(self, config: AttackRunConfig) -> AttackRunConfig:
