@@ -23,12 +23,16 @@ from .generate import noise_shape, seeded_noise, with_guidance
 VARIABLES = ("cond", "latent", "both", "lora")
 LEARNING_RATES = {"cond": 0.1, "latent": 0.1, "both": 0.1, "lora": 0.03}
 OFFSETS, SETTINGS = "offsets.safetensors", "universal.json"
+CALIBRATION_SEEDS = 5000  # a class's calibration seeds follow its training seeds: at most this many of each
 
 
 def check_pool(pool: int, batch_size: int) -> None:
-    """ValueError unless ``pool`` is a count of at least ``batch_size`` trajectories per class."""
+    """ValueError unless ``pool`` is a count of at least ``batch_size`` trajectories per class
+    (and at most 5000: the calibration seeds follow)."""
     if count("pool", pool) < batch_size:
         raise ValueError(f"pool ({pool} trajectories per class) must be at least batch_size ({batch_size})")
+    if pool > CALIBRATION_SEEDS:
+        raise ValueError(f"pool ({pool} trajectories per class) must be at most {CALIBRATION_SEEDS}")
 
 
 class UniversalSDO:
@@ -46,6 +50,8 @@ class UniversalSDO:
     the changes stay within ``bound``: the conditioning offset's L2 norm at most ``bound``
     times the class embedding's, the latent offset's RMS at most ``bound``, each adapted
     layer's weight change at most ``bound`` times its weight (Frobenius norms).
+    :meth:`calibrate` then scales the offsets down, for sampling, to the smallest fraction that
+    fools a target share of fresh draws (a bound fitted to the victim).
 
     Arguments:
         model (nn.Module): classifier to fool; takes [0, 1] images at the generator's size.
@@ -69,6 +75,8 @@ class UniversalSDO:
             None keeps the generator's. (Default: 2.0)
         seed (int): seeds of the training trajectories and batches. (Default: 0)
         rank (int): the adapter's rank (``variable="lora"``). (Default: 4)
+        scale (float): the fraction of the offsets that sampling applies, in (0, 1]; set by
+            :meth:`calibrate`; training always uses the whole offsets. (Default: 1.0)
 
     Examples::
         >>> universal = UniversalSDO(model, "sdo-adv:digits", classes=range(10))
@@ -80,7 +88,7 @@ class UniversalSDO:
                  variable: str = "both", depth: float = 0.3, bound: float = 0.35, lr: float | None = None,
                  batch_size: int = 4, pool: int = 16, fidelity: float = 10.0, kappa: float = 0.0,
                  guard: torch.nn.Module | None = None, guard_weight: float = 1.0, estimator: str = "sdo",
-                 guidance_scale: float | None = 2.0, seed: int = 0, rank: int = 4) -> None:
+                 guidance_scale: float | None = 2.0, seed: int = 0, rank: int = 4, scale: float = 1.0) -> None:
         gen = load_generator(generator)
         if not (gen.class_conditional or gen.text_conditional):
             raise ValueError("UniversalSDO needs a class- or text-conditional generator: an unconditional one "
@@ -100,6 +108,8 @@ class UniversalSDO:
         lr = number("lr", LEARNING_RATES[variable] if lr is None else lr, 0, strict=True)
         fidelity, kappa = number("fidelity", fidelity, 0), number("kappa", kappa, 0)
         guard_weight, seed = number("guard_weight", guard_weight, 0), count("seed", seed, 0)
+        if number("scale", scale, 0, strict=True) > 1:
+            raise ValueError(f"scale must be in (0, 1], got {scale}")
         self.model, self.generator, self.guard = model, gen, guard
         self.estimator = parse_estimator(estimator)
         if variable != "latent" and not self.estimator.reaches_condition:
@@ -112,7 +122,7 @@ class UniversalSDO:
             "lr": float(lr), "batch_size": int(batch_size), "pool": int(pool), "fidelity": float(fidelity),
             "kappa": float(kappa), "guard_weight": float(guard_weight), "estimator": self.estimator.name,
             "guidance_scale": gen.guidance_scale, "num_inference_steps": gen.num_inference_steps, "seed": int(seed),
-            "rank": int(rank)}
+            "rank": int(rank), "scale": float(scale)}
         self.step, self.figures = 0, {}
         base = gen.condition(labels=torch.tensor(self.classes, device=gen.device)).embeds.detach()
         self._norms = base.flatten(1).norm(dim=1)
@@ -142,12 +152,13 @@ class UniversalSDO:
         draws = gen.sample(noise, cond=gen.condition(labels=labels.to(gen.device)), estimator="skip", callback=keep)
         return kept["x"] if self.start else noise, draws
 
-    def _changed(self, states: Tensor, labels: Tensor, estimator: Any) -> Tensor:
-        """Images in [0, 1] from ``states`` at the changes' step under the classes' changes."""
+    def _changed(self, states: Tensor, labels: Tensor, estimator: Any, scale: float = 1.0) -> Tensor:
+        """Images in [0, 1] from ``states`` at the changes' step under ``scale`` times the
+        classes' offsets."""
         index = torch.tensor([self.classes.index(int(c)) for c in labels], device=states.device)
         cond = self.generator.condition(labels=labels.to(states.device))
-        cond = cond.replace(cond.embeds + self.cond_offset[index])
-        return self._tail.sample(states + self.latent_offset[index], cond=cond, estimator=estimator,
+        cond = cond.replace(cond.embeds + scale * self.cond_offset[index])
+        return self._tail.sample(states + scale * self.latent_offset[index], cond=cond, estimator=estimator,
                                  start=self.start)
 
     @torch.no_grad()
@@ -163,7 +174,45 @@ class UniversalSDO:
             raise ValueError(f"classes {unknown} have no learned change (learned: {self.classes})" if unknown
                              else f"got {len(seeds)} seeds for {len(labels)} labels")
         states, draws = self._trajectories(labels, seeds)
-        return self._changed(states, labels, "skip"), draws
+        return self._changed(states, labels, "skip", self.settings["scale"]), draws
+
+    @torch.no_grad()
+    def calibrate(self, target: float, per_class: int = 10, halvings: int = 5) -> dict[str, Any]:
+        """Set :attr:`settings` ``["scale"]`` to the smallest fraction of the offsets (bisection
+        over (0, 1], ``halvings`` steps) under which they fool at least ``target`` of the
+        calibration draws the victim reads as their class (``per_class`` fresh trajectories per
+        class, seeds ``seed * 10**6 + class * 10**4 + 5000 + i``: neither training nor
+        evaluation seeds); 1 if the whole offsets fool fewer. Returns (and keeps in
+        :attr:`figures` ``["calibration"]``) the target and the fooling rate at each fraction tried."""
+        if self.adapter:
+            raise ValueError("calibration scales the offsets; variable='lora' learns an adapter instead")
+        target, per_class = number("target", target, 0, strict=True), count("per_class", per_class)
+        if target > 1 or per_class > CALIBRATION_SEEDS:
+            raise ValueError(f"target must be in (0, 1] and per_class at most {CALIBRATION_SEEDS}, "
+                             f"got {target} and {per_class}")
+        s = self.settings["seed"]
+        labels = torch.tensor(self.classes).repeat_interleave(per_class)
+        seeds = [s * 10**6 + int(c) * 10**4 + CALIBRATION_SEEDS + i for c in self.classes for i in range(per_class)]
+        parts = [self._trajectories(labels[i:i + 64], seeds[i:i + 64]) for i in range(0, len(labels), 64)]
+        states, draws = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        correct = self.model(draws).argmax(1).cpu() == labels
+        if not correct.any():
+            raise ValueError("the classifier misreads every calibration draw: nothing to fool")
+
+        def fooling(scale: float) -> float:
+            read = torch.cat([self.model(self._changed(states[i:i + 64], labels[i:i + 64], "skip", scale)).argmax(1)
+                              for i in range(0, len(labels), 64)]).cpu()
+            return ((read != labels) & correct).sum().item() / correct.sum().item()
+
+        rates, low, high = {1.0: fooling(1.0)}, 0.0, 1.0
+        for _ in range(halvings if rates[1.0] >= target else 0):
+            middle = (low + high) / 2
+            rates[middle] = fooling(middle)
+            low, high = (low, middle) if rates[middle] >= target else (middle, high)
+        self.settings["scale"] = high
+        self.figures["calibration"] = {"target": target, "per_class": per_class, "scale": high,
+                                       "fooling": {f"{k:g}": v for k, v in sorted(rates.items())}}
+        return self.figures["calibration"]
 
     # ---- training ------------------------------------------------------------------------------
     def _training_pool(self) -> tuple[Tensor, Tensor, Tensor]:

@@ -38,6 +38,9 @@ from .generate import Classes
 @click.option("--seed", default=0, show_default=True, type=int, help="Seeds of the training trajectories and batches.")
 @click.option("--checkpoint-every", default=10, show_default=True, type=click.IntRange(1),
               help="Save the offsets and optimizer state every this many steps.")
+@click.option("--target-fooling", type=click.FloatRange(0, 1, min_open=True),
+              help="After training, scale the offsets down to the smallest fraction that fools this share of "
+                   "fresh calibration draws (10 per class); sampling then uses that fraction.  [default: whole offsets]")
 @click.option("--judge", "--judges", "judges", default="", help="Comma-separated judges for the evaluation.")
 @click.option("--eval-per-class", default=20, show_default=True, type=click.IntRange(0),
               help="Held-out seeds per class evaluated after training (0: none).")
@@ -60,5 +63,6 @@ def universal(**values: object) -> None:
     except KeyboardInterrupt:
         raise click.ClickException(f"interrupted: training resumes from the last checkpoint in {values['out']}; "
                                    "run the same command again") from None
-    click.echo(" | ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items()))
+    click.echo(" | ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items()
+                          if not isinstance(v, dict)))
     click.echo(f"wrote {run.out}: offsets.safetensors, universal.json")

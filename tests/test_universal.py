@@ -104,6 +104,33 @@ def test_save_load_round_trips_and_a_resumed_run_equals_an_uninterrupted_one(mod
     assert all(torch.allclose(loaded.adapter[k], p, atol=1e-6) for k, p in whole.adapter.items())
 
 
+def test_calibration_finds_the_smallest_fraction_that_fools_the_target_and_sampling_uses_it(models, tmp_path):
+    model, gen = models
+    universal = UniversalSDO(model, gen, classes=[0, 1, 2], variable="both", **TINY)
+    universal.train(12)
+    labels, seeds = torch.tensor([0, 1, 2] * 3), list(range(200, 209))
+    whole, draws = universal.sample(labels, seeds)
+    calibration = universal.calibrate(0.5, per_class=6, halvings=4)
+    rates = {float(k): v for k, v in calibration["fooling"].items()}
+    scale = universal.settings["scale"]
+    assert calibration["scale"] == scale and calibration["target"] == 0.5 and len(rates) == 5
+    assert rates[1.0] >= 0.5 and rates[scale] >= 0.5 and 0 < scale < 1  # the tiny victim is fooled at full size
+    assert all(v < 0.5 for k, v in rates.items() if k < scale)  # bisection: every smaller fraction tried fools less
+    assert scale - max([k for k in rates if k < scale], default=0.0) == 1 / 16
+    scaled, plain = universal.sample(labels, seeds)
+    assert torch.equal(plain, draws) and not torch.equal(scaled, whole)
+    manual = UniversalSDO(model, gen, classes=[0, 1, 2], variable="both", **TINY)
+    with torch.no_grad():  # the same offsets times the fraction, sampled whole
+        manual.cond_offset.copy_(universal.cond_offset * scale)
+        manual.latent_offset.copy_(universal.latent_offset * scale)
+    assert torch.allclose(manual.sample(labels, seeds)[0], scaled, atol=1e-6)
+    universal.save(tmp_path / "u")
+    loaded = UniversalSDO.load(tmp_path / "u", model, gen)
+    assert loaded.settings["scale"] == scale and torch.equal(loaded.sample(labels, seeds)[0], scaled)
+    untrained = UniversalSDO(model, gen, classes=[0, 1, 2], variable="both", **TINY)  # offsets zero: fool none
+    assert untrained.calibrate(0.5, per_class=6) == {"target": 0.5, "per_class": 6, "scale": 1.0, "fooling": {"1": 0.0}}
+
+
 def test_bad_inputs_are_clear_errors(models, tmp_path):
     model, gen = models
     unconditional = DiffusionGenerator.from_diffusers(tiny_unet(num_class_embeds=None), ddpm_scheduler(),
@@ -123,7 +150,13 @@ def test_bad_inputs_are_clear_errors(models, tmp_path):
         universal.sample(torch.tensor([0, 1]), 5)
     with pytest.raises(ValueError, match="would not train"):
         UniversalSDO(model, gen, classes=[0], variable="cond", estimator="skip")
-    for setting, value in (("fidelity", -1.0), ("kappa", -3.0), ("batch_size", 1.5), ("bound", 0.0)):
+    for target, per_class in ((0.0, 2), (1.5, 2), (0.5, 0)):
+        with pytest.raises(ValueError, match="target|per_class"):
+            universal.calibrate(target, per_class)
+    with pytest.raises(ValueError, match="variable='lora' learns an adapter"):
+        UniversalSDO(model, gen, classes=[0], variable="lora", **TINY).calibrate(0.5)
+    for setting, value in (("fidelity", -1.0), ("kappa", -3.0), ("batch_size", 1.5), ("bound", 0.0),
+                           ("scale", 0.0), ("scale", 1.5), ("pool", 5001)):
         with pytest.raises(ValueError, match=setting):
             UniversalSDO(model, gen, classes=[0], **{setting: value})
     no_null = DiffusionGenerator.from_diffusers(tiny_unet(), ddpm_scheduler(), num_inference_steps=4, guidance_scale=1.0)
@@ -215,3 +248,25 @@ def test_universal_cli_resumes_as_if_uninterrupted_and_generate_samples_with_it(
               "--out", str(tmp_path / "gen2"), "--classes", "1", "--per-class", "1", "--universal", str(tmp_path / "u"),
               "--num-inference-steps", str(steps + 2), "--device", "cpu")
     assert res.exit_code == 2 and f"trained with {steps} sampling steps" in res.output, res.output
+
+
+def test_universal_cli_calibrates_when_asked_and_each_run_sets_the_fraction(assets, tmp_path):
+    from click.testing import CliRunner
+
+    from sdo_adv.cli.main import main
+
+    run = lambda *args: CliRunner().invoke(main, list(args))  # noqa: E731
+    out = tmp_path / "u"
+    res = run(*universal_args(assets, out, "--train-steps", "2", "--bound", "2", "--target-fooling", "0.5"))
+    assert res.exit_code == 0 and "of the offsets; they fool" in res.output, res.output
+    saved = json.loads((out / "universal.json").read_text())
+    calibration, scale = saved["figures"]["calibration"], saved["settings"]["scale"]
+    assert calibration["target"] == 0.5 and calibration["scale"] == scale == saved["figures"]["scale"]
+    assert 0 < scale < 1 and calibration["fooling"][f"{scale:g}"] >= 0.5 > calibration["fooling"]["0.5"]
+    res = run(*universal_args(assets, out, "--train-steps", "2", "--bound", "2"))  # the same training, whole offsets
+    saved = json.loads((out / "universal.json").read_text())
+    assert res.exit_code == 0 and saved["settings"]["scale"] == 1.0 and "calibration" not in saved["figures"]
+    for bad, message in ((["--target-fooling", "0"], "0<x<=1"), (["--target-fooling", "0.5", "--variable", "lora"],
+                                                                 "variable lora learns an adapter")):
+        res = run(*universal_args(assets, tmp_path / "bad", "--train-steps", "1", *bad))
+        assert res.exit_code == 2 and message in res.output, res.output

@@ -26,14 +26,22 @@ TRAINING = ("variable", "depth", "bound", "lr", "batch_size", "pool", "fidelity"
 class UniversalRun:
     """``sdo-adv universal``: checks and loads (raising :class:`RunError` before any sampling),
     then :meth:`execute` trains to ``train_steps`` with a checkpoint every ``checkpoint_every``
-    steps, and evaluates ``eval_per_class`` held-out seeds per class (the seeds ``sdo-adv
-    generate --seed <seed>`` gives its samples)."""
+    steps, with ``target_fooling`` scales the offsets down to fool that share of fresh
+    calibration draws (:meth:`UniversalSDO.calibrate`; else sampling uses them whole), and
+    evaluates ``eval_per_class`` held-out seeds per class (the seeds ``sdo-adv generate --seed
+    <seed>`` gives its samples)."""
 
     def __init__(self, classifier: str, generator: str, out: str, classes: Sequence[int] | None = None,
                  train_steps: int = 100, checkpoint_every: int = 10, judges: Sequence[str] = (),
                  eval_per_class: int = 20, guard: str = "none", device: str | None = None, trust_pickle: bool = False,
-                 notice: Callable[[str], None] = print, **training: Any) -> None:
+                 target_fooling: float | None = None, notice: Callable[[str], None] = print, **training: Any) -> None:
         self.out, self.notice = Path(out).resolve(), notice
+        if target_fooling is not None and not 0 < target_fooling <= 1:
+            raise RunError(f"target_fooling must be in (0, 1], got {target_fooling}", "target_fooling")
+        if target_fooling is not None and training.get("variable") == "lora":
+            raise RunError("target_fooling scales the offsets; variable lora learns an adapter instead",
+                           "target_fooling")
+        self.target_fooling = target_fooling
         self.train_steps, self.checkpoint_every, self.eval_per_class = train_steps, checkpoint_every, eval_per_class
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         pool, batch = training.get("pool"), training.get("batch_size")
@@ -93,6 +101,14 @@ class UniversalRun:
             u.train(self.train_steps, callback=checkpoint)
         elif u.step > self.train_steps:
             self.notice(f"notice: {self.out} was trained for {u.step} steps already, more than {self.train_steps}")
+        u.settings["scale"] = 1.0
+        u.figures.pop("calibration", None)
+        if self.target_fooling is not None:
+            calibration = u.calibrate(self.target_fooling)
+            scale = calibration["scale"]
+            self.notice(f"notice: sampling applies {scale:g} of the offsets; they fool "
+                        f"{calibration['fooling'][f'{scale:g}']:.0%} of the calibration draws "
+                        f"(target {self.target_fooling:g})")
         u.figures.update(self.evaluate())
         u.save(self.out)
         return u.figures
@@ -117,5 +133,5 @@ class UniversalRun:
                    "fooling_rate": (success.sum() / correct.sum().clamp(min=1)).item(),
                    "judge_agreement": natural[success].float().mean().item() if self.judges and success.any() else None,
                    "mean_l2": (adv - draws).flatten(1).norm(dim=1).cpu()[success].mean().item() if success.any() else None,
-                   "images_per_second": len(labels) / seconds, "train_steps": u.step}
+                   "images_per_second": len(labels) / seconds, "train_steps": u.step, "scale": u.settings["scale"]}
         return figures
