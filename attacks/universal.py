@@ -108,8 +108,8 @@ class UniversalSDO:
         lr = number("lr", LEARNING_RATES[variable] if lr is None else lr, 0, strict=True)
         fidelity, kappa = number("fidelity", fidelity, 0), number("kappa", kappa, 0)
         guard_weight, seed = number("guard_weight", guard_weight, 0), count("seed", seed, 0)
-        if number("scale", scale, 0, strict=True) > 1:
-            raise ValueError(f"scale must be in (0, 1], got {scale}")
+        if number("scale", scale, 0, strict=True) > 1 or (variable == "lora" and scale != 1):
+            raise ValueError(f"scale must be in (0, 1] (1 with variable='lora', which has no offsets), got {scale}")
         self.model, self.generator, self.guard = model, gen, guard
         self.estimator = parse_estimator(estimator)
         if variable != "latent" and not self.estimator.reaches_condition:
@@ -186,7 +186,8 @@ class UniversalSDO:
         :attr:`figures` ``["calibration"]``) the target and the fooling rate at each fraction tried."""
         if self.adapter:
             raise ValueError("calibration scales the offsets; variable='lora' learns an adapter instead")
-        target, per_class = number("target", target, 0, strict=True), count("per_class", per_class)
+        target, per_class, halvings = number("target", target, 0, strict=True), count("per_class", per_class), \
+            count("halvings", halvings, 0)
         if target > 1 or per_class > CALIBRATION_SEEDS:
             raise ValueError(f"target must be in (0, 1] and per_class at most {CALIBRATION_SEEDS}, "
                              f"got {target} and {per_class}")
@@ -195,13 +196,14 @@ class UniversalSDO:
         seeds = [s * 10**6 + int(c) * 10**4 + CALIBRATION_SEEDS + i for c in self.classes for i in range(per_class)]
         parts = [self._trajectories(labels[i:i + 64], seeds[i:i + 64]) for i in range(0, len(labels), 64)]
         states, draws = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-        correct = self.model(draws).argmax(1).cpu() == labels
+        batches = range(0, len(labels), 64)
+        correct = torch.cat([self.model(draws[i:i + 64]).argmax(1).cpu() for i in batches]) == labels
         if not correct.any():
             raise ValueError("the classifier misreads every calibration draw: nothing to fool")
 
         def fooling(scale: float) -> float:
-            read = torch.cat([self.model(self._changed(states[i:i + 64], labels[i:i + 64], "skip", scale)).argmax(1)
-                              for i in range(0, len(labels), 64)]).cpu()
+            read = torch.cat([self.model(self._changed(states[i:i + 64], labels[i:i + 64], "skip", scale))
+                              .argmax(1).cpu() for i in batches])
             return ((read != labels) & correct).sum().item() / correct.sum().item()
 
         rates, low, high = {1.0: fooling(1.0)}, 0.0, 1.0

@@ -127,6 +127,11 @@ def test_calibration_finds_the_smallest_fraction_that_fools_the_target_and_sampl
     universal.save(tmp_path / "u")
     loaded = UniversalSDO.load(tmp_path / "u", model, gen)
     assert loaded.settings["scale"] == scale and torch.equal(loaded.sample(labels, seeds)[0], scaled)
+    saved = json.loads((tmp_path / "u" / "universal.json").read_text())
+    del saved["settings"]["scale"]  # a folder saved before calibration existed samples the whole offsets
+    (tmp_path / "u" / "universal.json").write_text(json.dumps(saved))
+    older = UniversalSDO.load(tmp_path / "u", model, gen)
+    assert older.settings["scale"] == 1.0 and torch.equal(older.sample(labels, seeds)[0], whole)
     untrained = UniversalSDO(model, gen, classes=[0, 1, 2], variable="both", **TINY)  # offsets zero: fool none
     assert untrained.calibrate(0.5, per_class=6) == {"target": 0.5, "per_class": 6, "scale": 1.0, "fooling": {"1": 0.0}}
 
@@ -150,11 +155,13 @@ def test_bad_inputs_are_clear_errors(models, tmp_path):
         universal.sample(torch.tensor([0, 1]), 5)
     with pytest.raises(ValueError, match="would not train"):
         UniversalSDO(model, gen, classes=[0], variable="cond", estimator="skip")
-    for target, per_class in ((0.0, 2), (1.5, 2), (0.5, 0)):
-        with pytest.raises(ValueError, match="target|per_class"):
-            universal.calibrate(target, per_class)
+    for target, per_class, halvings in ((0.0, 2, 1), (1.5, 2, 1), (0.5, 0, 1), (0.5, 2, -1)):
+        with pytest.raises(ValueError, match="target|per_class|halvings"):
+            universal.calibrate(target, per_class, halvings)
     with pytest.raises(ValueError, match="variable='lora' learns an adapter"):
         UniversalSDO(model, gen, classes=[0], variable="lora", **TINY).calibrate(0.5)
+    with pytest.raises(ValueError, match="1 with variable='lora'"):
+        UniversalSDO(model, gen, classes=[0], variable="lora", scale=0.5, **TINY)
     for setting, value in (("fidelity", -1.0), ("kappa", -3.0), ("batch_size", 1.5), ("bound", 0.0),
                            ("scale", 0.0), ("scale", 1.5), ("pool", 5001)):
         with pytest.raises(ValueError, match=setting):
@@ -263,6 +270,13 @@ def test_universal_cli_calibrates_when_asked_and_each_run_sets_the_fraction(asse
     calibration, scale = saved["figures"]["calibration"], saved["settings"]["scale"]
     assert calibration["target"] == 0.5 and calibration["scale"] == scale == saved["figures"]["scale"]
     assert 0 < scale < 1 and calibration["fooling"][f"{scale:g}"] >= 0.5 > calibration["fooling"]["0.5"]
+    from sdo_adv.runs.universal_run import UniversalRun
+
+    resumed = UniversalRun(f"{assets / 'net.py'}:create_model", str(assets / "ddpm"), str(out), classes=(0, 1),
+                           train_steps=3, pool=4, batch_size=2, depth=0.5, variable="both", lr=0.2, bound=2.0,
+                           device="cpu", notice=lambda _: None)
+    assert resumed.universal.step == 2 and resumed.universal.settings["scale"] == 1.0  # its checkpoints: whole offsets
+    assert not {"calibration", "scale"} & set(resumed.universal.figures)
     res = run(*universal_args(assets, out, "--train-steps", "2", "--bound", "2"))  # the same training, whole offsets
     saved = json.loads((out / "universal.json").read_text())
     assert res.exit_code == 0 and saved["settings"]["scale"] == 1.0 and "calibration" not in saved["figures"]

@@ -81,6 +81,8 @@ class UniversalRun:
             if changed:
                 raise refused_resume(self.out, changed)
             self.universal.restore(self.out)
+            for figure in ("calibration", "scale"):  # the checkpoints sample with the whole offsets until calibrated
+                self.universal.figures.pop(figure, None)
             self.notice(f"notice: resuming at step {self.universal.step} of {train_steps}")
         self.universal.figures.setdefault("train_seconds", 0.0)
         self.universal.figures.update({"classifier": classifier, "generator": generator, "guard": guard})
@@ -101,14 +103,16 @@ class UniversalRun:
             u.train(self.train_steps, callback=checkpoint)
         elif u.step > self.train_steps:
             self.notice(f"notice: {self.out} was trained for {u.step} steps already, more than {self.train_steps}")
-        u.settings["scale"] = 1.0
-        u.figures.pop("calibration", None)
         if self.target_fooling is not None:
-            calibration = u.calibrate(self.target_fooling)
-            scale = calibration["scale"]
-            self.notice(f"notice: sampling applies {scale:g} of the offsets; they fool "
-                        f"{calibration['fooling'][f'{scale:g}']:.0%} of the calibration draws "
-                        f"(target {self.target_fooling:g})")
+            try:
+                calibration = u.calibrate(self.target_fooling)
+            except ValueError as err:
+                raise RunError(f"{err}; the trained offsets are saved in {self.out}", "target_fooling") from err
+            scale, fooled = calibration["scale"], calibration["fooling"][f"{calibration['scale']:g}"]
+            self.notice(f"notice: sampling applies {scale:g} of the offsets; they fool {fooled:.0%} of the "
+                        "calibration draws" + (f" (target {self.target_fooling:g})" if fooled >= self.target_fooling
+                                               else f", short of the target {self.target_fooling:g}"))
+        u.figures["scale"] = u.settings["scale"]
         u.figures.update(self.evaluate())
         u.save(self.out)
         return u.figures
@@ -133,5 +137,5 @@ class UniversalRun:
                    "fooling_rate": (success.sum() / correct.sum().clamp(min=1)).item(),
                    "judge_agreement": natural[success].float().mean().item() if self.judges and success.any() else None,
                    "mean_l2": (adv - draws).flatten(1).norm(dim=1).cpu()[success].mean().item() if success.any() else None,
-                   "images_per_second": len(labels) / seconds, "train_steps": u.step, "scale": u.settings["scale"]}
+                   "images_per_second": len(labels) / seconds, "train_steps": u.step}
         return figures
