@@ -11,6 +11,7 @@ from torchattacks.attack import Attack
 from tqdm.auto import tqdm
 
 from sdo_adv.arguments import choice, count, flag, number
+from sdo_adv.bystanders import other_classifier, project_out
 from sdo_adv.estimators import Estimator, estimators_name
 from sdo_adv.generator import Condition, DiffusionGenerator, Inversion
 from sdo_adv.imaging import check_images, check_labels
@@ -95,6 +96,9 @@ class SDOAttack(Attack):
         mask (Tensor or callable or None): ``(N, 1, H, W)`` in [0, 1], or a function of the images giving
             one: 1 may change, 0 is kept exactly (:mod:`sdo_adv.masks`). (Default: None)
         mask_mode (str): ``"composite"`` or ``"blend"`` (sequential sampler only). (Default: ``"composite"``)
+        bystanders (sequence of nn.Module or str): classifiers (or specs) the change should not
+            move: the victim's gradient loses, per sample, its components along their margin
+            gradients (:mod:`sdo_adv.bystanders`). Not the victim, never a judge. (Default: ())
 
     Shape:
         - images: :math:`(N, C, H, W)` in [0, 1], C in {1, 3}. - labels: :math:`(N)` int.
@@ -123,7 +127,8 @@ class SDOAttack(Attack):
                  tol: float | None = None, hold: str = "output",
                  callback: Callable[[AttackStep], None] | None = None,
                  guard: torch.nn.Module | str | None = "auto", guard_weight: float = 1.0, guard_kappa: float = 0.0,
-                 mask: Mask | None = None, mask_mode: str = "composite", fidelity_norm: str = "l1", *,
+                 mask: Mask | None = None, mask_mode: str = "composite", fidelity_norm: str = "l1",
+                 bystanders: Sequence[torch.nn.Module | str] = (), *,
                  gradient: str | None = None) -> None:
         if isinstance(model, str):
             model = load_classifier(model)
@@ -148,13 +153,10 @@ class SDOAttack(Attack):
         self.sweeps, self.tol = count("sweeps", sweeps), number("tol", tol, 0, strict=True, optional=True)
         self._picard = PicardSampler(self.generator, self.sweeps, tol, hold=hold) if sampler == "picard" else None
         guard = self.generator.guard if guard == "auto" else guard
-        if isinstance(guard, str) and guard == getattr(model, "name", None):
-            raise ValueError(f"the guard {guard} is the victim: a guard must be another classifier")
-        self.guard = load_classifier(guard).to(self.generator.device).eval() if isinstance(guard, str) else guard
-        if self.guard is model:
-            raise ValueError("the guard is the victim: a guard must be another classifier")
-        self.guard_weight = number("guard_weight", guard_weight, 0)
-        self.guard_kappa = number("guard_kappa", guard_kappa)
+        self.guard = None if guard is None else other_classifier(guard, model, self.generator.device, "guard")
+        self.guard_weight, self.guard_kappa = number("guard_weight", guard_weight, 0), number("guard_kappa", guard_kappa)
+        self.bystanders = [other_classifier(b, model, self.generator.device, "bystander") for b in
+                           ((bystanders,) if isinstance(bystanders, (str, torch.nn.Module)) else bystanders)]
         self.mask, self.mask_mode = mask, check_mask_mode(mask_mode, sampler)
         self.supported_mode = ["default", "targeted"]
         self.last_result: AttackResult | None = None
@@ -290,7 +292,7 @@ class SDOAttack(Attack):
                 z, cond_a = self._variables(z0, delta, cond, cond_delta, active)
                 generated, calls = self._sample(z, cond_a, start, active, trajectory, self.estimators[k])
                 adv = self._region.paste(gen.from_generator(generated, c, (h, w)), active)
-                logits = self.get_logits(adv)
+                logits = self.get_logits(project_out(adv, self.bystanders))
                 guard_logits = self.guard(adv) if self.guard is not None else None
                 ok = reached(logits, goal[active], self.targeted, self.loss, self.kappa)
                 seen, fooled = adv.detach(), ok
@@ -346,11 +348,9 @@ class SDOAttack(Attack):
     def _variables(z0: Tensor, delta: Tensor, cond: Condition | None, cond_delta: Tensor | None,
                    active: Tensor) -> tuple[Tensor, Condition | None]:
         """The ``active`` samples' current start latents and conditioning."""
-        cond_a = None
-        if cond is not None:
-            cond_a = cond.select(active)
-            if cond_delta is not None:
-                cond_a = cond_a.replace(cond_a.embeds + cond_delta[active])
+        cond_a = cond.select(active) if cond is not None else None
+        if cond_delta is not None:  # only with a conditioning
+            cond_a = cond_a.replace(cond_a.embeds + cond_delta[active])
         return z0[active] + delta[active], cond_a
 
     def _sample(self, z: Tensor, cond: Condition | None, start: int, active: Tensor,

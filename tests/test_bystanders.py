@@ -1,0 +1,68 @@
+"""Bystanders: the victim's image gradient loses its components along other classifiers' margin
+gradients (checked exactly in float64), the bystanders get no gradient, and SDOAttack uses it."""
+import pytest
+import torch
+
+from sdo_adv import load_classifier
+from sdo_adv.bystanders import margin_gradients, project_out, remove_span
+from tiny import TinyClassifier, cw_margin, tiny_models, tiny_sdo_attack, unfooled_batch
+
+models = pytest.fixture(name="models")(tiny_models)
+
+
+def test_remove_span_is_the_least_squares_residual():
+    g = torch.Generator().manual_seed(0)
+    gradient = torch.randn(5, 64, generator=g, dtype=torch.float64)
+    directions = [torch.randn(5, 64, generator=g, dtype=torch.float64) for _ in range(3)]
+    directions.append(directions[0] * 2 - directions[1])  # dependent: adds nothing to the span
+    directions.append(torch.zeros(5, 64, dtype=torch.float64))
+    left = remove_span(gradient, directions)
+    for i in range(5):
+        basis = torch.stack([d[i] for d in directions[:3]], 1)  # (64, 3)
+        coef = torch.linalg.lstsq(basis, gradient[i][:, None]).solution
+        assert torch.allclose(left[i], gradient[i] - (basis @ coef)[:, 0], atol=1e-10)
+        assert torch.allclose(basis.T @ left[i], torch.zeros(3, dtype=torch.float64), atol=1e-10)
+
+
+def test_the_victims_gradient_leaves_the_bystanders_margins_unchanged_to_first_order(models):
+    model, _ = models
+    torch.manual_seed(5)
+    bystanders = [load_classifier(TinyClassifier(), input_size=(1, 8, 8)).double() for _ in range(2)]
+    victim = model.double()
+    images = torch.rand(4, 1, 8, 8, dtype=torch.float64, requires_grad=True)
+    labels = torch.arange(4) % 3
+    cw_margin(victim(project_out(images, bystanders)), labels).sum().backward()
+    projected = images.grad.clone()
+    images.grad = None
+    cw_margin(victim(images), labels).sum().backward()
+    plain = images.grad
+    directions = margin_gradients(images.detach(), bystanders)
+    assert not torch.allclose(projected, plain)
+    assert torch.allclose(projected.flatten(1), remove_span(plain.flatten(1), directions), atol=1e-12)
+    for d in directions:  # a step along the projected gradient: no first-order change of any bystander's margin
+        assert torch.allclose((projected.flatten(1) * d).sum(1), torch.zeros(4, dtype=torch.float64), atol=1e-10)
+    assert all(p.grad is None for b in bystanders for p in b.parameters())
+    with torch.no_grad():
+        assert torch.equal(project_out(images, bystanders), images)
+    assert project_out(images, []) is images
+
+
+def test_sdo_attack_projects_the_victims_gradient(models):
+    model, gen = models
+    images, labels = unfooled_batch(model, 4)
+    torch.manual_seed(3)
+    bystander = load_classifier(TinyClassifier(), input_size=(1, 8, 8))
+    runs = {}
+    for name, extra in {"plain": {}, "bystander": {"bystanders": [bystander]}}.items():
+        seen = []
+        attack = tiny_sdo_attack(model, gen, steps=2, early_stop=False, callback=seen.append, **extra)
+        attack(images, labels)
+        runs[name] = torch.stack([s.images for s in seen[1:2]])
+    assert not torch.allclose(runs["plain"], runs["bystander"])  # the first step went another way
+    assert tiny_sdo_attack(model, gen, bystanders=bystander).bystanders == [bystander]
+
+
+def test_the_victim_cannot_be_a_bystander(models):
+    model, gen = models
+    with pytest.raises(ValueError, match="the bystander is the victim"):
+        tiny_sdo_attack(model, gen, bystanders=[model])
