@@ -148,6 +148,9 @@ def resolve_options(ctx: click.Context, values: dict[str, Any]) -> dict[str, Any
 @click.option("--judge", "--judges", "judges", default="",
               help="Comma-separated classifier specs that judge the adversarial images: never attacked, never in "
                    "the loss; summary.json reports the share of successes they all still read as the true class.")
+@click.option("--bystanders", default="",
+              help="Comma-separated classifier specs the change should not move: the victim's gradient loses its "
+                   "components along their margin gradients. Not the classifier, never a judge.")
 @click.option("--config", type=click.Path(exists=True, dir_okay=False),
               help="YAML, TOML or JSON file of option values (keys as the option or AttackRunConfig field names); "
                    "command-line options win.")
@@ -163,7 +166,8 @@ def attack(ctx: click.Context, **values: Any) -> None:
     options = resolve_options(ctx, values)
     try:
         fields = {k: v for k, v in options.items() if k not in CLI_ONLY}
-        fields["judges"] = tuple(s.strip() for s in (fields["judges"] or "").split(",") if s.strip())
+        for name in ("judges", "bystanders"):
+            fields[name] = tuple(s.strip() for s in (fields[name] or "").split(",") if s.strip())
         config = AttackRunConfig(**fields)
         run = AttackRun(config, notice=lambda message: click.echo(message, err=True))
     except RunError as err:

@@ -322,6 +322,24 @@ def test_bad_inputs_fail_before_compute(assets, tmp_path, no_compute):
         assert not (out / "manifest.jsonl").exists()
 
 
+def test_bystanders_reach_the_attack_and_the_run_record(assets, tmp_path):
+    """`--bystanders`: loaded and handed to SDOAttack (its images differ from a run without),
+    recorded in run.json; the attacked classifier or a judge as a bystander is refused."""
+    other = f"{assets / 'net.py'}:create_other"
+    res = invoke(*attack_args(assets, tmp_path / "a", "--bystanders", other, "--no-early-stop"))
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "a" / "run.json").read_text())["config"]["bystanders"] == [other]
+    assert invoke(*attack_args(assets, tmp_path / "b", "--no-early-stop")).exit_code == 0
+    changed = [r["file"] for r in manifest(tmp_path / "a")
+               if not (tmp_path / "a" / r["file"]).read_bytes() == (tmp_path / "b" / r["file"]).read_bytes()]
+    assert changed
+    res = invoke(*attack_args(assets, tmp_path / "b", "--no-early-stop", "--bystanders", other))
+    assert res.exit_code == 2 and "bystanders: [] -> " in res.output and "(--bystanders '')" in res.output, res.output
+    for bad in (f"{assets / 'net.py'}:create_model", other):
+        res = invoke(*attack_args(assets, tmp_path / "c", "--bystanders", bad, "--judge", other))
+        assert res.exit_code == 2 and "cannot be a bystander" in res.output, res.output
+
+
 def test_depths_on_one_step_are_checked_as_the_attack_plans_them(assets, tmp_path):
     """Of the generator's 3 sampling steps, depths 0.3 and 0.4 both run the last one, so they are
     one depth with the first estimator, for the run's checks as for SDOAttack: the second

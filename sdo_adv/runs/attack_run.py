@@ -76,6 +76,7 @@ class AttackRun:
         self.classifier = run_classifier(config.classifier, "classifier", self.device, config.trust_pickle)
         guard_model = None if guard == "none" else run_classifier(guard, "guard", self.device, config.trust_pickle)
         self.judges = {spec: run_classifier(spec, "judges", self.device, config.trust_pickle) for spec in config.judges}
+        bystanders = [run_classifier(spec, "bystanders", self.device, config.trust_pickle) for spec in config.bystanders]
         overrides = {k: getattr(config, k) for k in ("num_inference_steps", "guidance_scale", "solver")
                      if getattr(config, k) is not None}
         generator = _load(lambda: load_generator(config.generator, torch_dtype=getattr(torch, config.dtype),
@@ -91,7 +92,7 @@ class AttackRun:
         self.targets = self._check_classes(csv_targets, generator)
         try:
             self.attack = SDOAttack(self.classifier, generator, **{k: getattr(config, k) for k in ATTACK_FIELDS},
-                                    guard=guard_model)
+                                    guard=guard_model, bystanders=bystanders)
         except ValueError as err:
             raise RunError(str(err)) from err
         if config.targeted == "least-likely":
@@ -120,7 +121,8 @@ class AttackRun:
         if guard in (config.classifier, *config.judges):
             raise RunError(f"the generator's recommended guard {guard} is the attacked classifier or a judge: "
                            "name another guard, or none", "guard")
-        specs = [(config.classifier, "classifier"), (guard, "guard"), *[(j, "judges") for j in config.judges]]
+        specs = [(config.classifier, "classifier"), (guard, "guard"), *[(j, "judges") for j in config.judges],
+                 *[(b, "bystanders") for b in config.bystanders]]
         for spec, field in specs:
             if spec != "none":
                 _load(lambda: check_classifier_spec(spec), field)

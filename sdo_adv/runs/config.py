@@ -30,7 +30,8 @@ ATTACK_FIELDS = ("steps", "lr", "estimator", "depth", "loss", "kappa", "fidelity
 # Fields absent from the run.json of earlier versions whose values then were not today's defaults.
 EARLIER = {"judges": [], "fidelity": 50.0, "fidelity_halflife": None,  # before 0.2
            "guard": "none",  # before the guard, SDOAttack had none
-           "fidelity_norm": "l2"}  # before the option, the error was the squared one
+           "fidelity_norm": "l2",  # before the option, the error was the squared one
+           "bystanders": []}
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,9 @@ class AttackRunConfig:
     judges: tuple[str, ...] = ()
     """Classifier specs that read every adversarial image and are never attacked nor in the
     loss; the share of successes they all still read as the true class is the judge agreement."""
+    bystanders: tuple[str, ...] = ()
+    """Classifier specs the change should not move: the victim's gradient loses its components
+    along their margin gradients (:mod:`sdo_adv.bystanders`); never the victim or a judge."""
     loss: str = "cw"
     """Attack loss: ``cw`` margin or ``ce``."""
     kappa: float = 0.0
@@ -169,6 +173,14 @@ class AttackRunConfig:
         object.__setattr__(self, "judges", tuple(j.strip() for j in self.judges))
         if self.classifier in self.judges:
             raise RunError(f"the attacked classifier {self.classifier} cannot judge its own attack", "judges")
+        if not isinstance(self.bystanders, (list, tuple)) or \
+                not all(isinstance(b, str) and b.strip() for b in self.bystanders):
+            raise RunError(f"bystanders must be a sequence of classifier specs, got {self.bystanders!r}", "bystanders")
+        object.__setattr__(self, "bystanders", tuple(b.strip() for b in self.bystanders))
+        for b in self.bystanders:
+            if b == self.classifier or b in self.judges:
+                raise RunError(f"{b} cannot be a bystander: it is the attacked classifier or a judge (a judge is "
+                               "never in the loss)", "bystanders")
         self._check_attack_settings()
         self._check_generator_settings()
         if not Path(self.input).exists():
