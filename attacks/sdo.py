@@ -11,7 +11,7 @@ from torchattacks.attack import Attack
 from tqdm.auto import tqdm
 
 from sdo_adv.arguments import choice, count, flag, number
-from sdo_adv.bystanders import other_classifier, project_out
+from sdo_adv.bystanders import other_classifier, other_classifiers, project_out
 from sdo_adv.estimators import Estimator, estimators_name
 from sdo_adv.generator import Condition, DiffusionGenerator, Inversion
 from sdo_adv.imaging import check_images, check_labels
@@ -155,8 +155,7 @@ class SDOAttack(Attack):
         guard = self.generator.guard if guard == "auto" else guard
         self.guard = None if guard is None else other_classifier(guard, model, self.generator.device, "guard")
         self.guard_weight, self.guard_kappa = number("guard_weight", guard_weight, 0), number("guard_kappa", guard_kappa)
-        self.bystanders = [other_classifier(b, model, self.generator.device, "bystander") for b in
-                           ((bystanders,) if isinstance(bystanders, (str, torch.nn.Module)) else bystanders)]
+        self.bystanders = other_classifiers(bystanders, model, self.generator.device, "bystander")
         self.mask, self.mask_mode = mask, check_mask_mode(mask_mode, sampler)
         self.supported_mode = ["default", "targeted"]
         self.last_result: AttackResult | None = None

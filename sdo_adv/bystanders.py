@@ -5,11 +5,14 @@ A change that fools one classifier often moves every classifier of the pixels th
 then an independent judge reads another class too. Given bystanders (classifiers that are not
 the victim and not a judge), :func:`project_out` leaves images unchanged on the forward pass
 and, on the backward pass, removes from the gradient reaching them, per sample, its components
-along each bystander's margin gradient (for the class the bystander reads there): a small step
-along what remains moves the victim and, to first order, none of the bystanders.
+along each bystander's margin gradient (for the class the bystander reads there): a small image
+step along what remains moves the victim and, to first order, none of the bystanders. (The
+attack steps the latent, through the generator, and its fidelity term is not projected, so
+this holds of the victim's loss gradient, not exactly of the change.)
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,7 +29,8 @@ def margin_gradients(images: Tensor, bystanders: Sequence[nn.Module]) -> list[Te
         x = images.detach().requires_grad_(True)
         grads = []
         for model in bystanders:
-            logits = model(x)
+            weight = next(model.parameters(), None)
+            logits = model(x if weight is None else x.to(weight.dtype))
             read = logits.argmax(1, keepdim=True).detach()
             others = logits.scatter(1, read, float("-inf"))
             margin = logits.gather(1, read)[:, 0] - others.max(1).values
@@ -37,9 +41,10 @@ def margin_gradients(images: Tensor, bystanders: Sequence[nn.Module]) -> list[Te
 def remove_span(gradient: Tensor, directions: Sequence[Tensor]) -> Tensor:
     """``gradient`` ``(N, D)`` minus its projection, per row, onto the span of ``directions``
     (each ``(N, D)``; Gram-Schmidt, zero rows skipped)."""
-    basis: list[Tensor] = []
+    dtype, work = gradient.dtype, torch.promote_types(gradient.dtype, torch.float32)
+    gradient, basis = gradient.to(work), []
     for d in directions:
-        v = d.to(gradient.dtype)
+        v = d.to(work)
         for q in basis:
             v = v - (v * q).sum(1, keepdim=True) * q
         norm = v.norm(dim=1, keepdim=True)
@@ -47,7 +52,7 @@ def remove_span(gradient: Tensor, directions: Sequence[Tensor]) -> Tensor:
         basis.append(torch.where(independent, v / norm.clamp_min(1e-30), 0.0))
     for q in basis:
         gradient = gradient - (gradient * q).sum(1, keepdim=True) * q
-    return gradient
+    return gradient.to(dtype)
 
 
 class _ProjectOut(torch.autograd.Function):
@@ -71,10 +76,21 @@ def project_out(images: Tensor, bystanders: Sequence[nn.Module]) -> Tensor:
     return _ProjectOut.apply(images, tuple(bystanders)) if bystanders else images
 
 
-def other_classifier(spec: str | nn.Module, victim: nn.Module, device: torch.device | str, role: str) -> nn.Module:
-    """``spec`` (a module, or a spec for :func:`load_classifier`) in eval mode on ``device``, to
-    serve as a ``role`` (guard, bystander) beside ``victim``; ValueError if it is the victim."""
+def other_classifier(spec: str | os.PathLike | nn.Module, victim: nn.Module, device: torch.device | str,
+                     role: str) -> nn.Module:
+    """``spec`` (a module, or a spec for :func:`load_classifier`) in eval mode on ``device``
+    (a module is moved and set so in place), to serve as a ``role`` (guard, bystander) beside
+    ``victim``; ValueError if it is the victim."""
+    if isinstance(spec, os.PathLike):
+        spec = os.fspath(spec)
     if spec is victim or (isinstance(spec, str) and spec == getattr(victim, "name", None)):
         name = f" {spec}" if isinstance(spec, str) else ""
         raise ValueError(f"the {role}{name} is the victim: a {role} must be another classifier")
-    return load_classifier(spec).to(device).eval() if isinstance(spec, str) else spec
+    return (load_classifier(spec) if isinstance(spec, str) else spec).to(device).eval()
+
+
+def other_classifiers(specs: str | os.PathLike | nn.Module | Sequence[str | os.PathLike | nn.Module],
+                      victim: nn.Module, device: torch.device | str, role: str) -> list[nn.Module]:
+    """:func:`other_classifier` of one spec or of each of a sequence (an ``nn.ModuleList`` is one)."""
+    one = isinstance(specs, (str, os.PathLike, nn.Module)) and not isinstance(specs, nn.ModuleList)
+    return [other_classifier(s, victim, device, role) for s in ((specs,) if one else specs)]

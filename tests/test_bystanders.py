@@ -66,3 +66,12 @@ def test_the_victim_cannot_be_a_bystander(models):
     model, gen = models
     with pytest.raises(ValueError, match="the bystander is the victim"):
         tiny_sdo_attack(model, gen, bystanders=[model])
+
+
+def test_bystanders_are_set_to_eval_and_a_module_list_is_several(models):
+    model, gen = models
+    first, second = TinyClassifier(), TinyClassifier()  # raw modules, in training mode
+    attack = tiny_sdo_attack(model, gen, bystanders=torch.nn.ModuleList([first, second]))
+    assert attack.bystanders == [first, second] and not first.training and not second.training
+    images = torch.rand(2, 1, 8, 8, dtype=torch.float64)  # float32 bystanders read float64 images
+    assert [g.dtype for g in margin_gradients(images, attack.bystanders)] == [torch.float64] * 2
