@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner, Result
-from hypothesis import HealthCheck, Phase, event, given, settings
+from hypothesis import HealthCheck, Phase, event, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -313,6 +313,7 @@ def check_run(result: Result, expected: list[tuple[str, int]] | None, ordered: b
                         min_size=1, max_size=3, unique=True),
        files=st.lists(st.lists(IMAGE_FILES, max_size=3, unique_by=lambda f: f[0] + f[1]), min_size=3, max_size=3),
        input_name=NAMES.filter(lambda n: n != "out"))
+@example(classes=["0"], files=[[("-a", ".png", "L", 4, 4)], [], []], input_name=" ")  # a folder named " "
 def test_cli_image_folder(assets, classes, files, input_name):
     """An ImageFolder tree with odd folder and file names and images of every mode, some broken."""
     with scratch_folder():

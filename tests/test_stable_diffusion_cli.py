@@ -180,14 +180,15 @@ def test_unknown_synset_folder(assets, tmp_path, no_loads):
 def test_every_attack_argument_has_a_field_and_a_flag():
     """Every SDOAttack argument but the Python-only ones is a field; every field is a flag with
     the field's default and choices."""
-    python_only = {"self", "model", "generator", "prompts", "progress", "callback", "gradient", "guard", "mask"}
+    python_only = {"self", "model", "generator", "prompts", "progress", "callback", "gradient", "guard", "mask",
+                   "bystanders"}  # guard and bystanders: fields, loaded by the run
     arguments = set(inspect.signature(SDOAttack.__init__).parameters) - python_only
     assert arguments == set(ATTACK_FIELDS)
     params = {p.name: p for p in attack.params}
     parsed = attack.make_context("attack", []).params  # every option's value when left out
     for field in dataclasses.fields(AttackRunConfig):
         assert field.name in params, field.name
-        if field.default is not dataclasses.MISSING and field.name != "judges":
+        if field.default is not dataclasses.MISSING and field.name not in ("judges", "bystanders"):  # "" -> ()
             assert parsed[field.name] == field.default, field.name
     from sdo_adv.attacks.sdo import OPTIMIZE, SAMPLERS
     from sdo_adv.generator_settings import SOLVERS

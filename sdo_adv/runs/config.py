@@ -137,7 +137,8 @@ class AttackRunConfig:
     def __post_init__(self) -> None:
         for name in ("classifier", "generator", "input", "out"):
             value = getattr(self, name)
-            if not isinstance(value, (str, Path)) or not str(value).strip():
+            blank = not str(value).strip() if name in ("classifier", "generator") else not str(value)  # " " is a path
+            if not isinstance(value, (str, Path)) or blank:
                 raise RunError(f"{name} is required: a non-empty string, got {value!r}", name)
         _integer(self, "steps", 1)
         _integer(self, "batch_size", 1)
