@@ -7,7 +7,7 @@ import torch
 from sdo_adv import load_classifier
 from sdo_adv.attacks import SDOAttack
 from sdo_adv.losses import keep_loss
-from tiny import NUM_CLASSES, TinyClassifier, tiny_models, tiny_sdo_attack, unfooled_batch
+from tiny import NUM_CLASSES, TinyClassifier, attack_steps, tiny_models, tiny_sdo_attack, unfooled_batch
 
 models = pytest.fixture(name="models")(tiny_models)
 
@@ -32,10 +32,8 @@ def test_guard_hinge_joins_the_objective(models):
     guard = load_classifier(TinyClassifier(), input_size=(1, 8, 8))
     runs = {}
     for weight in (0.0, 2.5):
-        steps = []
-        tiny_sdo_attack(model, gen, steps=1, guard=guard, guard_weight=weight, guard_kappa=5.0,
-                        early_stop=False, callback=steps.append)(images, labels)
-        runs[weight] = steps[0]
+        runs[weight] = attack_steps(model, gen, images, labels, steps=1, guard=guard, guard_weight=weight,
+                                    guard_kappa=5.0, early_stop=False)[0]
     first = runs[2.5]
     with torch.no_grad():
         hinge = keep_loss(guard(first.images), labels[first.active], 5.0)

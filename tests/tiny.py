@@ -25,6 +25,13 @@ def tiny_sdo_attack(model, generator, **kw):
     return SDOAttack(model, generator, **{**TINY_ATTACK, **kw})
 
 
+def attack_steps(model, generator, images, labels, **kw):
+    """The :class:`AttackStep` records of a :func:`tiny_sdo_attack` run on ``images``."""
+    steps = []
+    tiny_sdo_attack(model, generator, callback=steps.append, **kw)(images, labels)
+    return steps
+
+
 def tiny_unet(channels: int = 1, size: int = 8, num_class_embeds: int | None = NUM_CLASSES + 1):
     from diffusers import UNet2DModel
 
