@@ -152,6 +152,15 @@ class UniversalSDO:
         draws = gen.sample(noise, cond=gen.condition(labels=labels.to(gen.device)), estimator="skip", callback=keep)
         return kept["x"] if self.start else noise, draws
 
+    def _class_trajectories(self, first: int, n: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Labels, latents at the changes' step and plain images of ``n`` trajectories per class
+        from seeds ``seed * 10**6 + class * 10**4 + first + i`` (in batches of 64)."""
+        s = self.settings["seed"]
+        labels = torch.tensor(self.classes).repeat_interleave(n)
+        seeds = [s * 10**6 + int(c) * 10**4 + first + i for c in self.classes for i in range(n)]
+        parts = [self._trajectories(labels[i:i + 64], seeds[i:i + 64]) for i in range(0, len(labels), 64)]
+        return labels, torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
     def _changed(self, states: Tensor, labels: Tensor, estimator: Any, scale: float = 1.0) -> Tensor:
         """Images in [0, 1] from ``states`` at the changes' step under ``scale`` times the
         classes' offsets."""
@@ -191,11 +200,7 @@ class UniversalSDO:
         if target > 1 or per_class > CALIBRATION_SEEDS:
             raise ValueError(f"target must be in (0, 1] and per_class at most {CALIBRATION_SEEDS}, "
                              f"got {target} and {per_class}")
-        s = self.settings["seed"]
-        labels = torch.tensor(self.classes).repeat_interleave(per_class)
-        seeds = [s * 10**6 + int(c) * 10**4 + CALIBRATION_SEEDS + i for c in self.classes for i in range(per_class)]
-        parts = [self._trajectories(labels[i:i + 64], seeds[i:i + 64]) for i in range(0, len(labels), 64)]
-        states, draws = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        labels, states, draws = self._class_trajectories(CALIBRATION_SEEDS, per_class)
         batches = range(0, len(labels), 64)
         correct = torch.cat([self.model(draws[i:i + 64]).argmax(1).cpu() for i in batches]) == labels
         if not correct.any():
@@ -221,11 +226,7 @@ class UniversalSDO:
         """Labels, latents at the changes' step and plain images of the training trajectories
         (seeds ``seed * 10**6 + class * 10**4 + i``, apart from evaluation seeds)."""
         if self._pool is None:
-            s, n = self.settings["seed"], self.settings["pool"]
-            labels = torch.tensor(self.classes).repeat_interleave(n)
-            seeds = [s * 10**6 + int(c) * 10**4 + i for c in self.classes for i in range(n)]
-            parts = [self._trajectories(labels[i:i + 64], seeds[i:i + 64]) for i in range(0, len(labels), 64)]
-            self._pool = (labels, torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+            self._pool = self._class_trajectories(0, self.settings["pool"])
         return self._pool
 
     def train(self, steps: int, callback: Callable[[int, float], None] | None = None) -> list[float]:
