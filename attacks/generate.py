@@ -68,6 +68,7 @@ class SDOGenerate(SDOAttack):
             generation defaults were tuned with. (Default: 200.0, ``"l2"``)
         shell (bool): keep the norm of the start noise when it is optimized (depth 1.0).
             (Default: True)
+        bystanders: as in :class:`SDOAttack`; the generation defaults were tuned without. (Default: ())
         guidance_scale (float or None): classifier-free guidance of the draws and of the attack's
             sampling (a copy of the generator takes it); None keeps the generator's. (Default: 2.0)
         **kwargs: every other :class:`SDOAttack` argument, with its default.
@@ -92,6 +93,7 @@ class SDOGenerate(SDOAttack):
                  fidelity_norm: str = "l2", **kwargs: Any) -> None:
         if kwargs.get("gradient") is None:  # the estimator's former name
             kwargs.setdefault("estimator", "sdo")
+        kwargs.setdefault("bystanders", ())
         super().__init__(model, generator, depth=depth, lr=lr, fidelity=fidelity, fidelity_norm=fidelity_norm, **kwargs)
         self.attack = "SDOGenerate"
         gen = self.generator

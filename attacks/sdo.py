@@ -11,7 +11,7 @@ from torchattacks.attack import Attack
 from tqdm.auto import tqdm
 
 from sdo_adv.arguments import choice, count, flag, number
-from sdo_adv.bystanders import other_classifier, other_classifiers, project_out
+from sdo_adv.bystanders import chosen_bystanders, distinct, other_classifier, project_out
 from sdo_adv.estimators import Estimator, estimators_name
 from sdo_adv.generator import Condition, DiffusionGenerator, Inversion
 from sdo_adv.imaging import check_images, check_labels
@@ -33,9 +33,9 @@ class SDOAttack(Attack):
     r"""Natural adversarial images through a diffusion model, with shortcut (SDO) gradients.
 
     Each image is encoded, DDIM-inverted to ``depth`` and regenerated; the start latent (and
-    optionally the conditioning embedding) is optimized with Adam so that the classifier's
-    prediction changes while the image stays close to the original. Gradients through the
-    sampler come from the ``estimator`` (see :mod:`sdo_adv.estimators`).
+    optionally the conditioning embedding) is optimized with Adam so that the classifier's prediction
+    changes while the image stays close to the original. Gradients through the sampler come from
+    the ``estimator`` (see :mod:`sdo_adv.estimators`).
 
     Arguments:
         model (nn.Module or str): classifier to attack, or a spec for :func:`sdo_adv.load_classifier`;
@@ -46,20 +46,18 @@ class SDOAttack(Attack):
             results converted back, differentiably, so success is judged on the returned image.
         steps (int): optimization iterations. (Default: 50)
         lr (float or sequence): Adam learning rate on the latent; a sequence gives the rate at
-            each depth in turn, its last rate serving any further depths (rates beyond the
-            number of depths go unused). Smaller steps at the shallow first depth cross the
-            victim's boundary with less overshoot; the deeper retry keeps larger ones.
-            (Default: ``(0.03, 0.05)``)
+            each depth in turn, its last rate serving any further depths. Smaller steps at the
+            shallow first depth cross the victim's boundary with less overshoot. (Default: ``(0.03, 0.05)``)
         estimator (str or Estimator or sequence): gradient estimator: ``sdo`` (= ``sdo:first``),
             ``sdo:last``, ``sdo:random``, ``sdo:<i>``, ``skip``, ``truncated:K``,
             ``checkpoint``, ``full``; several (a sequence or comma-joined) serve the depths in
             turn, as ``lr``; ``"auto"``: ``skip`` (the sampler's linear path alone) at the first of
             several depths, ``sdo`` at the others (see :func:`sdo_adv.estimators.per_depth`).
             ``gradient=`` is its former name. (Default: ``"auto"``)
-        depth (float or int or sequence): inversion depth, a fraction of the schedule in (0, 1]
-            or a start index; or increasing depths, tried in turn: the samples not yet
-            successful after ``steps`` iterations at one depth start again, from their original
-            image, at the next (per-sample adaptive depth). (Default: ``(0.2, 0.25, 0.5)``)
+        depth (float or int or sequence): inversion depth, a fraction of the schedule in (0, 1] or a
+            start index; or increasing depths, tried in turn: the samples not yet successful after
+            ``steps`` iterations at one depth start again, from their original image, at the next
+            (per-sample adaptive depth). (Default: ``(0.2, 0.25, 0.5)``)
         loss (str): ``"cw"`` margin or ``"ce"``. (Default: ``"cw"``)
         kappa (float): confidence margin of the ``cw`` loss. (Default: 0.0)
         fidelity (float): weight of the pixel error to the original ([0, 1] units). (Default: 40.0)
@@ -87,18 +85,20 @@ class SDOAttack(Attack):
             ``max(0, guard_kappa - margin)`` joins the loss with weight ``guard_weight`` and a
             sample succeeds only while the guard reads the true class by ``guard_kappa``; one
             that cannot is returned as its last image the victim still reads correctly (or as
-            the input) and reported as not fooled. Not the victim.
-            ``"auto"``: the generator's recommended guard, if its settings name one (the
-            embedded digits name none). (Default: ``"auto"``)
+            the input) and reported as not fooled. Not the victim. ``"auto"``: the generator's
+            recommended guard, if its settings name one (the embedded digits: none). (Default: ``"auto"``)
         guard_weight (float): weight of the guard's hinge. (Default: 1.0)
         guard_kappa (float): the guard's margin (true-class logit over the largest other)
             that the hinge asks for and success requires. (Default: 0.0)
         mask (Tensor or callable or None): ``(N, 1, H, W)`` in [0, 1], or a function of the images giving
             one: 1 may change, 0 is kept exactly (:mod:`sdo_adv.masks`). (Default: None)
         mask_mode (str): ``"composite"`` or ``"blend"`` (sequential sampler only). (Default: ``"composite"``)
-        bystanders (sequence of nn.Module or str): classifiers (or specs) the change should not
-            move: the victim's gradient loses, per sample, its components along their margin
-            gradients (:mod:`sdo_adv.bystanders`). Not the victim, never a judge. (Default: ())
+        bystanders (sequence of nn.Module or str, or "auto"): classifiers (or specs) the change should
+            not move: the victim's gradient loses, per sample, its components along their margin
+            gradients (:mod:`sdo_adv.bystanders`). Never the victim (one giving its logits is left out)
+            nor a judge. ``"auto"``: the first three of the generator's recommended ones that are not
+            the victim or the guard (the embedded digits: ``digits-lenet``, ``-resnet18``, ``-cnn-aug``,
+            ``-mlp``; judge with other models). (Default: ``"auto"``)
 
     Shape:
         - images: :math:`(N, C, H, W)` in [0, 1], C in {1, 3}. - labels: :math:`(N)` int.
@@ -128,7 +128,7 @@ class SDOAttack(Attack):
                  callback: Callable[[AttackStep], None] | None = None,
                  guard: torch.nn.Module | str | None = "auto", guard_weight: float = 1.0, guard_kappa: float = 0.0,
                  mask: Mask | None = None, mask_mode: str = "composite", fidelity_norm: str = "l1",
-                 bystanders: Sequence[torch.nn.Module | str] = (), *,
+                 bystanders: Sequence[torch.nn.Module | str] | str = "auto", *,
                  gradient: str | None = None) -> None:
         if isinstance(model, str):
             model = load_classifier(model)
@@ -155,7 +155,7 @@ class SDOAttack(Attack):
         guard = self.generator.guard if guard == "auto" else guard
         self.guard = None if guard is None else other_classifier(guard, model, self.generator.device, "guard")
         self.guard_weight, self.guard_kappa = number("guard_weight", guard_weight, 0), number("guard_kappa", guard_kappa)
-        self.bystanders = other_classifiers(bystanders, model, self.generator.device, "bystander")
+        self.bystanders = chosen_bystanders(bystanders, model, self.generator, self.guard)
         self.mask, self.mask_mode = mask, check_mask_mode(mask_mode, sampler)
         self.supported_mode = ["default", "targeted"]
         self.last_result: AttackResult | None = None
@@ -214,6 +214,7 @@ class SDOAttack(Attack):
         with torch.no_grad():
             clean_logits = self.get_logits(images)
         labels = self._validate(images, labels, clean_logits)
+        self._bystanders = distinct(self.bystanders, images, clean_logits)
         goal = self.get_target_label(images, labels) if self.targeted else labels
         if self.targeted:
             check_labels(goal, images.shape[0], clean_logits.shape[1], name="target labels")
@@ -291,7 +292,7 @@ class SDOAttack(Attack):
                 z, cond_a = self._variables(z0, delta, cond, cond_delta, active)
                 generated, calls = self._sample(z, cond_a, start, active, trajectory, self.estimators[k])
                 adv = self._region.paste(gen.from_generator(generated, c, (h, w)), active)
-                logits = self.get_logits(project_out(adv, self.bystanders))
+                logits = self.get_logits(project_out(adv, self._bystanders))
                 guard_logits = self.guard(adv) if self.guard is not None else None
                 ok = reached(logits, goal[active], self.targeted, self.loss, self.kappa)
                 seen, fooled = adv.detach(), ok

@@ -148,9 +148,11 @@ def resolve_options(ctx: click.Context, values: dict[str, Any]) -> dict[str, Any
 @click.option("--judge", "--judges", "judges", default="",
               help="Comma-separated classifier specs that judge the adversarial images: never attacked, never in "
                    "the loss; summary.json reports the share of successes they all still read as the true class.")
-@click.option("--bystanders", default="",
+@click.option("--bystanders", default="auto", show_default=True,
               help="Comma-separated classifier specs the change should not move: the victim's gradient loses its "
-                   "components along their margin gradients. Not the classifier, never a judge.")
+                   "components along their margin gradients. Not the classifier, never a judge. 'auto': the first "
+                   "three of the generator's recommended ones that are not the classifier, the guard or a judge "
+                   "(the embedded digits recommend embedded CNNs); 'none': none.")
 @click.option("--config", type=click.Path(exists=True, dir_okay=False),
               help="YAML, TOML or JSON file of option values (keys as the option or AttackRunConfig field names); "
                    "command-line options win.")

@@ -13,6 +13,7 @@ this holds of the victim's loss gradient, not exactly of the change.)
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +21,8 @@ import torch
 from torch import Tensor, nn
 
 from .loading import load_classifier
+
+AUTO_COUNT = 3  # how many of a generator's recommended bystanders "auto" takes
 
 
 def margin_gradients(images: Tensor, bystanders: Sequence[nn.Module]) -> list[Tensor]:
@@ -94,3 +97,37 @@ def other_classifiers(specs: str | os.PathLike | nn.Module | Sequence[str | os.P
     """:func:`other_classifier` of one spec or of each of a sequence (an ``nn.ModuleList`` is one)."""
     one = isinstance(specs, (str, os.PathLike, nn.Module)) and not isinstance(specs, nn.ModuleList)
     return [other_classifier(s, victim, device, role) for s in ((specs,) if one else specs)]
+
+
+def chosen_bystanders(specs: str | Sequence[str | nn.Module], victim: nn.Module, generator: Any,
+                      guard: nn.Module | None) -> list[nn.Module]:
+    """SDOAttack's bystanders: :func:`other_classifiers` of ``specs`` on ``generator``'s device,
+    or for ``"auto"`` of the first :data:`AUTO_COUNT` of ``generator.bystanders`` (its
+    recommended specs) that are neither the victim nor the ``guard`` (by name)."""
+    if isinstance(specs, str) and specs == "auto":
+        specs = recommended(generator.bystanders, (getattr(victim, "name", None), getattr(guard, "name", None)))
+    return other_classifiers(specs, victim, generator.device, "bystander")
+
+
+def recommended(candidates: Sequence[str], excluded: Sequence[str | None] = (), count: int = AUTO_COUNT) -> list[str]:
+    """The first ``count`` of a generator's recommended bystander specs that are not
+    ``excluded`` (the victim's, the guard's and the judges' specs)."""
+    return [c for c in candidates if c not in excluded][:count]
+
+
+@torch.no_grad()
+def distinct(bystanders: Sequence[nn.Module], images: Tensor, victim_logits: Tensor) -> list[nn.Module]:
+    """The ``bystanders`` whose logits at ``images`` differ from the victim's ``victim_logits``.
+    One that reads exactly as the victim is the victim under another name (projecting out its
+    gradient would leave the victim nothing to follow): it is left out, with a warning."""
+    kept = []
+    for model in bystanders:
+        weight = next(model.parameters(), None)
+        logits = model(images if weight is None else images.to(weight.dtype))
+        if logits.shape == victim_logits.shape and torch.allclose(logits.to(victim_logits.dtype), victim_logits,
+                                                                  rtol=1e-4, atol=1e-4):
+            warnings.warn(f"bystander {getattr(model, 'name', type(model).__name__)} gives the victim's logits: "
+                          "it is the victim, and is left out", stacklevel=3)
+        else:
+            kept.append(model)
+    return kept

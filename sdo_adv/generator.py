@@ -86,7 +86,8 @@ class DiffusionGenerator(nn.Module):
     ``"resize"`` (bilinear) or ``"pad"`` (zero-pad smaller images, centred, and crop back, as
     for digits trained padded from 28 to 32 pixels; larger images are resized). ``guard`` names
     a classifier spec recommended as :class:`~sdo_adv.attacks.SDOAttack`'s guard for this
-    generator's images (an adversarially trained classifier of its classes), or None.
+    generator's images (an adversarially trained classifier of its classes), or None;
+    ``bystanders`` the classifier specs recommended, in order, as its bystanders.
     ``memory``: ``"checkpoint"`` (exact checkpointing of the UNet's and VAE decoder's units),
     ``"tiled"`` (inexact), ``"none"``, or ``"auto"`` (the default: ``"checkpoint"`` for latent
     generators, ``"none"`` for small pixel ones); see :mod:`sdo_adv.memory`. ``Generator`` is an
@@ -98,7 +99,8 @@ class DiffusionGenerator(nn.Module):
                  num_inference_steps: int = 50, guidance_scale: float = 1.0,
                  null_class: int | None = None, solver: str | None = "ddim",
                  class_names: Sequence[str] | None = None, prompt_template: str = "a photo of a {}",
-                 input_mapping: str = "resize", guard: str | None = None, memory: str = "auto") -> None:
+                 input_mapping: str = "resize", guard: str | None = None, bystanders: Sequence[str] = (),
+                 memory: str = "auto") -> None:
         super().__init__()
         check_settings(num_inference_steps=num_inference_steps, solver=solver, input_mapping=input_mapping,
                        memory=memory)  # before the memory plan patches the networks
@@ -114,7 +116,7 @@ class DiffusionGenerator(nn.Module):
         self.null_class = null_class
         self.class_names = list(class_names) if class_names is not None else None
         self.prompt_template = prompt_template
-        self.input_mapping, self.guard = input_mapping, guard
+        self.input_mapping, self.guard, self.bystanders = input_mapping, guard, tuple(bystanders)
 
     @classmethod
     def from_diffusers(cls, unet: nn.Module, scheduler: Any, vae: nn.Module | None = None,

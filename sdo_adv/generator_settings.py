@@ -10,7 +10,7 @@ from .memory import MEMORY_MODES
 SOLVERS = ("ddim", "dpm++")
 INPUT_MAPPINGS = ("resize", "pad")
 SETTINGS = ("num_inference_steps", "guidance_scale", "null_class", "solver", "class_names", "prompt_template",
-            "input_mapping", "guard", "memory")  # DiffusionGenerator's keyword settings
+            "input_mapping", "guard", "bystanders", "memory")  # DiffusionGenerator's keyword settings
 
 
 def check_settings(**settings: Any) -> None:
@@ -26,6 +26,9 @@ def check_settings(**settings: Any) -> None:
         raise ValueError(f"unknown solver {settings['solver']!r}; accepted: {', '.join(SOLVERS)} or None")
     if settings.get("input_mapping", "resize") not in INPUT_MAPPINGS:
         raise ValueError(f"unknown input_mapping {settings['input_mapping']!r}; accepted: {', '.join(INPUT_MAPPINGS)}")
+    bystanders = settings.get("bystanders", ())
+    if not isinstance(bystanders, (list, tuple)) or not all(isinstance(b, str) and b.strip() for b in bystanders):
+        raise ValueError(f"bystanders must be a list of classifier specs, got {bystanders!r}")
     if settings.get("memory", "auto") not in ("auto", *MEMORY_MODES):
         raise ValueError(f"unknown memory option {settings['memory']!r}; accepted: auto, {', '.join(MEMORY_MODES)}")
 

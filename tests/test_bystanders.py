@@ -1,10 +1,16 @@
 """Bystanders: the victim's image gradient loses its components along other classifiers' margin
-gradients (checked exactly in float64), the bystanders get no gradient, and SDOAttack uses it."""
+gradients (checked exactly in float64), the bystanders get no gradient, and SDOAttack uses it;
+by default the generator's recommended ones, never the victim."""
+import copy
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 from sdo_adv import load_classifier
-from sdo_adv.bystanders import margin_gradients, project_out, remove_span
+from sdo_adv.attacks import SDOAttack, SDOGenerate
+from sdo_adv.bystanders import chosen_bystanders, distinct, margin_gradients, project_out, recommended, remove_span
+from sdo_adv.generator_settings import check_settings
 from tiny import TinyClassifier, attack_steps, cw_margin, tiny_models, tiny_sdo_attack, unfooled_batch
 
 models = pytest.fixture(name="models")(tiny_models)
@@ -71,3 +77,41 @@ def test_bystanders_are_set_to_eval_and_a_module_list_is_several(models):
     assert attack.bystanders == [first, second] and not first.training and not second.training
     images = torch.rand(2, 1, 8, 8, dtype=torch.float64)  # float32 bystanders read float64 images
     assert [g.dtype for g in margin_gradients(images, attack.bystanders)] == [torch.float64] * 2
+
+
+def test_auto_takes_the_first_three_recommended_that_are_not_the_victim_or_the_guard():
+    names = [f"sdo-adv:digits-{n}" for n in ("lenet", "resnet18", "cnn-aug", "mlp")]
+    assert recommended(names, (names[0], None)) == names[1:]
+    assert recommended(names, ("sdo-adv:digits-judge",)) == names[:3]
+    assert recommended(names, (names[1], names[3])) == [names[0], names[2]]
+    victim, guard = load_classifier(names[0]), load_classifier(names[1])
+    generator = SimpleNamespace(bystanders=tuple(names), device="cpu")
+    chosen = chosen_bystanders("auto", victim, generator, guard)
+    assert [b.name for b in chosen] == names[2:] and not any(b.training for b in chosen)
+    assert chosen_bystanders((), victim, generator, guard) == []
+
+
+def test_the_embedded_generator_recommends_bystanders_and_generation_takes_none():
+    attack = SDOAttack("sdo-adv:digits-mlp", "sdo-adv:digits")
+    assert [b.name for b in attack.bystanders] == [f"sdo-adv:digits-{n}" for n in ("lenet", "resnet18", "cnn-aug")]
+    assert SDOAttack("sdo-adv:digits-mlp", "sdo-adv:digits", bystanders=()).bystanders == []
+    assert SDOGenerate(load_classifier("sdo-adv:digits-mlp"), "sdo-adv:digits").bystanders == []
+    for bad in ("sdo-adv:digits-lenet", [""], 3):
+        with pytest.raises(ValueError, match="bystanders must be a list of classifier specs"):
+            check_settings(bystanders=bad)
+
+
+def test_a_bystander_giving_the_victims_logits_is_left_out(models):
+    model, gen = models
+    images, labels = unfooled_batch(model, 4)
+    twin = copy.deepcopy(model)  # the victim under another name
+    torch.manual_seed(3)
+    other = load_classifier(TinyClassifier(), input_size=(1, 8, 8))
+    with torch.no_grad():
+        logits = model(images)
+    with pytest.warns(UserWarning, match="gives the victim's logits: it is the victim, and is left out"):
+        assert distinct([twin, other], images, logits) == [other]
+    with pytest.warns(UserWarning, match="left out"):
+        with_twin = attack_steps(model, gen, images, labels, steps=2, early_stop=False, bystanders=[twin])
+    plain = attack_steps(model, gen, images, labels, steps=2, early_stop=False, bystanders=())
+    assert torch.equal(with_twin[-1].images, plain[-1].images)

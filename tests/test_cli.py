@@ -340,6 +340,36 @@ def test_bystanders_reach_the_attack_and_the_run_record(assets, tmp_path):
         assert res.exit_code == 2 and "cannot be a bystander" in res.output, res.output
 
 
+def test_auto_bystanders_are_the_generators_recommended_ones_but_never_the_classifier_or_a_judge(assets, tmp_path):
+    """By default a run takes the generator's recommended bystanders (sdo_adv.json), leaving out
+    the attacked classifier and the judges, and records the specs; a resume takes the recorded
+    ones, and a run folder of an earlier version (no bystanders recorded) resumes with none."""
+    import shutil
+
+    victim, other = (f"{assets / 'net.py'}:{name}" for name in ("create_model", "create_other"))
+    generator = tmp_path / "ddpm"
+    shutil.copytree(assets / "ddpm", generator)
+    (generator / "sdo_adv.json").write_text(json.dumps({"num_inference_steps": 3, "bystanders": [victim, other]}))
+    args = lambda out, *extra: [a if a != str(assets / "ddpm") else str(generator)  # noqa: E731
+                                for a in attack_args(assets, out, *extra)]
+    recorded = lambda out: json.loads((out / "run.json").read_text())["config"]["bystanders"]  # noqa: E731
+    for out, extra, expected in ((tmp_path / "a", (), [other]), (tmp_path / "b", ("--judge", other), []),
+                                 (tmp_path / "c", ("--bystanders", "none"), [])):
+        res = invoke(*args(out, *extra))
+        assert res.exit_code == 0 and recorded(out) == expected, res.output
+    assert invoke(*args(tmp_path / "a")).exit_code == 0  # a resume under auto takes the recorded ones
+    res = invoke(*args(tmp_path / "a", "--bystanders", "none"))
+    assert res.exit_code == 2 and f"bystanders: ['{other}'] -> []" in res.output, res.output
+    run = json.loads((tmp_path / "c" / "run.json").read_text())
+    del run["config"]["bystanders"]
+    (tmp_path / "c" / "run.json").write_text(json.dumps(run))
+    res = invoke(*args(tmp_path / "c"))
+    assert res.exit_code == 0 and "resuming with the run's" in res.output and "bystanders []" in res.output
+    assert recorded(tmp_path / "c") == []
+    res = invoke(*args(tmp_path / "d", "--bystanders", f"auto,{other}"))
+    assert res.exit_code == 2 and "'auto' and 'none' stand alone" in res.output, res.output
+
+
 def test_depths_on_one_step_are_checked_as_the_attack_plans_them(assets, tmp_path):
     """Of the generator's 3 sampling steps, depths 0.3 and 0.4 both run the last one, so they are
     one depth with the first estimator, for the run's checks as for SDOAttack: the second

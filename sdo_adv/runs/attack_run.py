@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from .. import metrics
 from ..attacks import SDOAttack
 from ..attacks.depths import depth_schedule
+from ..bystanders import recommended
 from ..distributed import Process, current_process
 from ..estimators import parse_estimators
 from ..files import write_text
@@ -41,7 +42,7 @@ T = TypeVar("T")
 DEFAULT_SAMPLING_STEPS = 50  # DiffusionGenerator's, for generators that store none
 # Settings a run may leave to the generator (their value when left): a resume takes the recorded ones.
 LEFT_TO_GENERATOR = {"num_inference_steps": None, "guidance_scale": None, "solver": None, "prompt_template": None,
-                     "guard": "auto"}
+                     "guard": "auto", "bystanders": "auto"}
 
 
 class AttackRun:
@@ -67,7 +68,7 @@ class AttackRun:
         self.dataset.keep_names({src: row["file"] for src, row in finished_rows(self.out).items()})
         self.masks = mask_files(self.dataset, config.mask_dir) if config.mask_dir is not None else None
         csv_targets = read_csv(Path(config.targets_csv), "target")[0] if config.targets_csv else None
-        stored, guard = self._check_specs(config)
+        stored, guard, bystanders = self._check_specs(config)
         self.prompts = run_prompts(config.generator, classes, self.dataset, stored, config.prompt_template,
                                    config.negative_prompt, config.guidance_scale)
         config, self.random_estimator = one_at_a_time(config, self._say, "attacking one image")
@@ -76,7 +77,7 @@ class AttackRun:
         self.classifier = run_classifier(config.classifier, "classifier", self.device, config.trust_pickle)
         guard_model = None if guard == "none" else run_classifier(guard, "guard", self.device, config.trust_pickle)
         self.judges = {spec: run_classifier(spec, "judges", self.device, config.trust_pickle) for spec in config.judges}
-        bystanders = [run_classifier(spec, "bystanders", self.device, config.trust_pickle) for spec in config.bystanders]
+        bystander_models = [run_classifier(spec, "bystanders", self.device, config.trust_pickle) for spec in bystanders]
         overrides = {k: getattr(config, k) for k in ("num_inference_steps", "guidance_scale", "solver")
                      if getattr(config, k) is not None}
         generator = _load(lambda: load_generator(config.generator, torch_dtype=getattr(torch, config.dtype),
@@ -85,14 +86,14 @@ class AttackRun:
             use_negative_prompt(generator, config.negative_prompt)
         # recorded with the values in use, so that a resume checks them
         self.config = replace(config, num_inference_steps=generator.num_inference_steps,
-                              guidance_scale=generator.guidance_scale, guard=guard,
+                              guidance_scale=generator.guidance_scale, guard=guard, bystanders=bystanders,
                               solver=config.solver or stored.get("solver", "ddim"),
                               prompt_template=self.prompts.template if self.prompts else config.prompt_template)
         self.num_classes: int | None = self.classifier.num_classes
         self.targets = self._check_classes(csv_targets, generator)
         try:
             self.attack = SDOAttack(self.classifier, generator, **{k: getattr(config, k) for k in ATTACK_FIELDS},
-                                    guard=guard_model, bystanders=bystanders)
+                                    guard=guard_model, bystanders=bystander_models)
         except ValueError as err:
             raise RunError(str(err)) from err
         if config.targeted == "least-likely":
@@ -112,17 +113,20 @@ class AttackRun:
 
     # ---- checks before any model loads ----------------------------------------------------------
     @staticmethod
-    def _check_specs(config: AttackRunConfig) -> tuple[dict[str, Any], str]:
+    def _check_specs(config: AttackRunConfig) -> tuple[dict[str, Any], str, tuple[str, ...]]:
         """The model specs, the estimator against the generator's schedule and the sampler
         against its solver, from the stored settings alone (no weights are read); return
-        the generator's stored settings and the guard's spec (``none`` for no guard)."""
+        the generator's stored settings, the guard's spec (``none`` for no guard) and the
+        bystanders' specs (``auto`` resolved)."""
         stored = _load(lambda: generator_settings(config.generator), "generator")
         guard = (stored.get("guard") or "none") if config.guard == "auto" else config.guard
         if guard in (config.classifier, *config.judges):
             raise RunError(f"the generator's recommended guard {guard} is the attacked classifier or a judge: "
                            "name another guard, or none", "guard")
+        bystanders = tuple(recommended(stored.get("bystanders", ()), (config.classifier, guard, *config.judges))
+                           if config.bystanders == "auto" else config.bystanders)
         specs = [(config.classifier, "classifier"), (guard, "guard"), *[(j, "judges") for j in config.judges],
-                 *[(b, "bystanders") for b in config.bystanders]]
+                 *[(b, "bystanders") for b in bystanders]]
         for spec, field in specs:
             if spec != "none":
                 _load(lambda: check_classifier_spec(spec), field)
@@ -135,7 +139,7 @@ class AttackRun:
         except ValueError as err:
             raise RunError(f"{err} (depths {', '.join(map(str, config.depth))} of {n} sampling steps)",
                            "estimator") from err
-        return stored, guard
+        return stored, guard, bystanders
 
     def _resumed(self, config: AttackRunConfig) -> AttackRunConfig:
         """``config``, resuming the run in ``out`` if there is one: the settings it leaves to the

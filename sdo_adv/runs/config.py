@@ -84,9 +84,11 @@ class AttackRunConfig:
     judges: tuple[str, ...] = ()
     """Classifier specs that read every adversarial image and are never attacked nor in the
     loss; the share of successes they all still read as the true class is the judge agreement."""
-    bystanders: tuple[str, ...] = ()
+    bystanders: tuple[str, ...] | str = "auto"
     """Classifier specs the change should not move: the victim's gradient loses its components
-    along their margin gradients (:mod:`sdo_adv.bystanders`); never the victim or a judge."""
+    along their margin gradients (:mod:`sdo_adv.bystanders`); never the victim or a judge.
+    ``auto``: the first three of the generator's recommended ones that are not the classifier,
+    the guard or a judge; ``none`` or ``()``: none."""
     loss: str = "cw"
     """Attack loss: ``cw`` margin or ``ce``."""
     kappa: float = 0.0
@@ -174,11 +176,16 @@ class AttackRunConfig:
         object.__setattr__(self, "judges", tuple(j.strip() for j in self.judges))
         if self.classifier in self.judges:
             raise RunError(f"the attacked classifier {self.classifier} cannot judge its own attack", "judges")
-        if not isinstance(self.bystanders, (list, tuple)) or \
-                not all(isinstance(b, str) and b.strip() for b in self.bystanders):
-            raise RunError(f"bystanders must be a sequence of classifier specs, got {self.bystanders!r}", "bystanders")
-        object.__setattr__(self, "bystanders", tuple(b.strip() for b in self.bystanders))
-        for b in self.bystanders:
+        bystanders = (self.bystanders,) if isinstance(self.bystanders, str) else self.bystanders
+        if not isinstance(bystanders, (list, tuple)) or not all(isinstance(b, str) and b.strip() for b in bystanders):
+            raise RunError(f"bystanders must be 'auto', 'none' or classifier specs, got {self.bystanders!r}",
+                           "bystanders")
+        bystanders = tuple(b.strip() for b in bystanders)
+        if len(bystanders) > 1 and {"auto", "none"} & set(bystanders):
+            raise RunError(f"bystanders 'auto' and 'none' stand alone, got {', '.join(bystanders)}", "bystanders")
+        object.__setattr__(self, "bystanders", "auto" if bystanders == ("auto",) else
+                           () if bystanders == ("none",) else bystanders)
+        for b in () if self.bystanders == "auto" else self.bystanders:
             if b == self.classifier or b in self.judges:
                 raise RunError(f"{b} cannot be a bystander: it is the attacked classifier or a judge (a judge is "
                                "never in the loss)", "bystanders")

@@ -54,6 +54,7 @@ def run_demo(out: str | Path = "demo", n: int = 16, seed: int = 0, progress: boo
         "n": n, "seed": seed, "attack": {k: v for k, v in attack_kwargs.items()},
         "estimator": attack.estimator, "steps": attack.steps, "depth": attack.depth, "lr": attack.lr,
         "fidelity": attack.fidelity, "fidelity_norm": attack.fidelity_norm, "fidelity_halflife": attack.fidelity_halflife,
+        "bystanders": [getattr(b, "name", type(b).__name__) for b in attack.bystanders],
         "clean_accuracy": correct.float().mean().item(),
         "success_rate": ok.sum().item() / correct.sum().item() if correct.any() else None,
         "judge_agreement": judge_agreement(ok, labels, judged),
