@@ -46,8 +46,7 @@ class SDOAttack(Attack):
             results converted back, differentiably, so success is judged on the returned image.
         steps (int): optimization iterations. (Default: 50)
         lr (float or sequence): Adam learning rate on the latent; a sequence gives the rate at
-            each depth in turn, its last rate serving any further depths. Smaller steps at the
-            shallow first depth cross the victim's boundary with less overshoot. (Default: ``(0.03, 0.05)``)
+            each depth in turn, its last rate serving any further depths. (Default: 0.05)
         estimator (str or Estimator or sequence): gradient estimator: ``sdo`` (= ``sdo:first``),
             ``sdo:last``, ``sdo:random``, ``sdo:<i>``, ``skip``, ``truncated:K``,
             ``checkpoint``, ``full``; several (a sequence or comma-joined) serve the depths in
@@ -117,7 +116,7 @@ class SDOAttack(Attack):
     """
 
     def __init__(self, model: torch.nn.Module | str, generator: DiffusionGenerator | str, steps: int = 50,
-                 lr: float | Sequence[float] = (0.03, 0.05), estimator: str | Estimator | Sequence[str] = "auto",
+                 lr: float | Sequence[float] = 0.05, estimator: str | Estimator | Sequence[str] = "auto",
                  depth: float | int | Sequence[float | int] = (0.2, 0.25, 0.5),
                  loss: str = "cw", kappa: float = 0.0, fidelity: float = 40.0,
                  latent_bound: float | None = 1.0, optimize: str = "latent",

@@ -85,7 +85,7 @@ def resolve_options(ctx: click.Context, values: dict[str, Any]) -> dict[str, Any
               help="Gradient estimator: sdo, sdo:last, sdo:random, sdo:<i>, skip, truncated:K, checkpoint, full; "
                    "or one per depth, comma-separated; auto: skip at the first of several depths, sdo at the others.")
 @click.option("--steps", default=50, show_default=True, type=click.IntRange(1), help="Attack iterations.")
-@click.option("--lr", default="0.03,0.05", show_default=True, type=Rates(),
+@click.option("--lr", default="0.05", show_default=True, type=Rates(),
               help="Adam learning rate on the latent; or the rate at each depth in turn, comma-separated "
                    "(the last one serves further depths).")
 @click.option("--depth", default=(0.2, 0.25, 0.5), show_default="0.2,0.25,0.5", type=Depths(),

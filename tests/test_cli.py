@@ -122,7 +122,7 @@ def test_outputs_and_manifest(assets, attacked):
     assert "| 8 |" in report and "success rate" in report and "## Skipped files (0)" in report
     run = json.loads((out / "run.json").read_text())
     assert run["config"]["steps"] == 2 and run["config"]["num_inference_steps"] == 2
-    assert run["config"]["lr"] == [0.03, 0.05] and run["config"]["guidance_scale"] == 1.0 and run["config"]["depth"] == [0.2, 0.25, 0.5]
+    assert run["config"]["lr"] == 0.05 and run["config"]["guidance_scale"] == 1.0 and run["config"]["depth"] == [0.2, 0.25, 0.5]
     assert (run["config"]["fidelity"], run["config"]["fidelity_norm"]) == (200.0, "l2")  # FORMER_FIDELITY
     assert run["config"]["fidelity_halflife"] == 10.0
     assert set(run["config"]) == {f.name for f in dataclasses.fields(AttackRunConfig)}
@@ -174,14 +174,14 @@ def test_settings_change_refuses_resume_and_names_the_options_that_resume(assets
     out = tmp_path / "out"
     shutil.copytree(attacked[0], out)
     result = invoke(*attack_args(assets, out, "--lr", "0.5"))
-    assert result.exit_code != 0 and "other settings" in result.output and "lr: [0.03, 0.05] -> 0.5" in result.output
+    assert result.exit_code != 0 and "other settings" in result.output and "lr: 0.05 -> 0.5" in result.output
     changed = ("--steps", "2", "--lr", "0.03,0.1", "--fidelity-halflife", "none", "--no-early-stop", "--depth", "0.5")
     result = invoke(*attack_args(assets, out, *changed))
-    assert result.exit_code != 0 and "lr: [0.03, 0.05] -> [0.03, 0.1]" in result.output
+    assert result.exit_code != 0 and "lr: 0.05 -> [0.03, 0.1]" in result.output
     remedy = re.search(r"resume with the options it was run with \((.*?)\)", " ".join(result.output.split()))
     assert remedy, result.output
     options = shlex.split(remedy.group(1))
-    assert options == ["--lr", "0.03,0.05", "--depth", "0.2,0.25,0.5", "--fidelity-halflife", "10.0", "--early-stop"]
+    assert options == ["--lr", "0.05", "--depth", "0.2,0.25,0.5", "--fidelity-halflife", "10.0", "--early-stop"]
     result = invoke(*attack_args(assets, out, *changed, *options))
     assert result.exit_code == 0 and "resuming: 8 of 8" in result.output, result.output
 
@@ -227,9 +227,9 @@ def test_resume_compares_the_rates_each_depth_runs_at(assets, attacked, no_compu
     out = tmp_path / "out"
     shutil.copytree(attacked[0], out)
     same = ("--batch-size", "3", "--num-inference-steps", "2", "--steps", "2")
-    result = invoke(*attack_args(assets, out, *same, "--lr", "0.03"))
-    assert result.exit_code != 0 and "lr: [0.03, 0.05] -> 0.03" in result.output
-    result = invoke(*attack_args(assets, out, *same, "--lr", "0.03,0.05,0.05,0.9"))
+    result = invoke(*attack_args(assets, out, *same, "--lr", "0.05,0.03"))
+    assert result.exit_code != 0 and "lr: 0.05 -> [0.05, 0.03]" in result.output
+    result = invoke(*attack_args(assets, out, *same, "--lr", "0.05,0.05,0.05,0.9"))
     assert result.exit_code == 0 and "resuming: 8 of 8" in result.output, result.output
 
 

@@ -84,7 +84,8 @@ def test_quick_demo_measures_success(tmp_path):
     assert (tmp_path / "grid.png").stat().st_size > 1000
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["success_rate"] == report["success_rate"]
-    assert saved["lr"] == [0.03, 0.05] and saved["depth"] == [0.2, 0.25, 0.5]  # the settings it ran with
+    assert saved["lr"] == 0.05 and saved["depth"] == [0.2, 0.25, 0.5]  # the settings it ran with
+    assert saved["bystanders"] == [f"sdo-adv:digits-{n}" for n in ("lenet", "cnn-aug", "mlp")]
     assert (saved["fidelity"], saved["fidelity_norm"], saved["fidelity_halflife"]) == (40.0, "l1", 10.0)
     with np.load(tmp_path / "adversarial.npz") as data:
         adv = torch.from_numpy(data["images"])

@@ -57,7 +57,7 @@ class AttackRunConfig:
     of several depths, ``sdo`` at the others; see :func:`sdo_adv.estimators.per_depth`)."""
     steps: int = 50
     """Attack iterations."""
-    lr: float | tuple[float, ...] = (0.03, 0.05)
+    lr: float | tuple[float, ...] = 0.05
     """Adam learning rate on the latent, or the rate at each depth in turn (the last one serving
     further depths)."""
     depth: tuple[float, ...] = (0.2, 0.25, 0.5)
