@@ -62,7 +62,8 @@ def models() -> None:
         cfg = entry["config"]
         if entry["kind"] == "generator":
             click.echo(f"sdo-adv:{name}  generator  {cfg.get('resolution', '?')}x{cfg.get('resolution', '?')} "
-                       f"classes {cfg.get('num_classes', '?')}  {cfg.get('summary', '')}")
+                       f"classes {cfg.get('num_classes', '?')}  {cfg.get('summary', '')}"
+                       + (f"  bystanders {', '.join(cfg['bystanders'])}" if cfg.get("bystanders") else ""))
         else:
             pc, m = cfg["pretrained_cfg"], cfg.get("metrics", {})
             figures = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items())

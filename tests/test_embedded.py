@@ -117,6 +117,8 @@ def test_demo_command(tmp_path):
     assert "success" in result.output and (tmp_path / "report.json").exists()
     listing = CliRunner().invoke(main, ["models"])
     assert "sdo-adv:digits-resnet18" in listing.output and "sdo-adv:digits " in listing.output
+    assert "bystanders sdo-adv:digits-lenet, sdo-adv:digits-resnet18, sdo-adv:digits-cnn-aug, sdo-adv:digits-mlp" \
+        in listing.output
 
 
 def test_attack_and_evaluate_commands_on_the_embedded_models(tmp_path):
