@@ -99,11 +99,15 @@ def other_classifiers(specs: str | os.PathLike | nn.Module | Sequence[str | os.P
     return [other_classifier(s, victim, device, role) for s in ((specs,) if one else specs)]
 
 
-def chosen_bystanders(specs: str | Sequence[str | nn.Module], victim: nn.Module, generator: Any,
+def chosen_bystanders(specs: str | Sequence[str | nn.Module] | None, victim: nn.Module, generator: Any,
                       guard: nn.Module | None) -> list[nn.Module]:
-    """SDOAttack's bystanders: :func:`other_classifiers` of ``specs`` on ``generator``'s device,
-    or for ``"auto"`` of the first :data:`AUTO_COUNT` of ``generator.bystanders`` (its
-    recommended specs) that are neither the victim nor the ``guard`` (by name)."""
+    """SDOAttack's bystanders: :func:`other_classifiers` of ``specs`` on ``generator``'s device
+    (none for None or ``"none"``), or for ``"auto"`` of the first :data:`AUTO_COUNT` of
+    ``generator.bystanders`` (its recommended specs) that are neither the victim nor the
+    ``guard`` by name (a victim under another name is left out later, by :func:`distinct`,
+    leaving one fewer)."""
+    if specs is None or (isinstance(specs, str) and specs == "none"):
+        specs = ()
     if isinstance(specs, str) and specs == "auto":
         specs = recommended(generator.bystanders, (getattr(victim, "name", None), getattr(guard, "name", None)))
     return other_classifiers(specs, victim, generator.device, "bystander")
@@ -115,19 +119,19 @@ def recommended(candidates: Sequence[str], excluded: Sequence[str | None] = (), 
     return [c for c in candidates if c not in excluded][:count]
 
 
-@torch.no_grad()
 def distinct(bystanders: Sequence[nn.Module], images: Tensor, victim_logits: Tensor) -> list[nn.Module]:
     """The ``bystanders`` whose logits at ``images`` differ from the victim's ``victim_logits``.
-    One that reads exactly as the victim is the victim under another name (projecting out its
-    gradient would leave the victim nothing to follow): it is left out, with a warning."""
+    One that reads as the victim (within 1e-4) is the victim under another name (projecting out
+    its gradient would leave the victim nothing to follow): it is left out, with a warning."""
     kept = []
     for model in bystanders:
         weight = next(model.parameters(), None)
-        logits = model(images if weight is None else images.to(weight.dtype))
+        with torch.no_grad():
+            logits = model(images if weight is None else images.to(weight.dtype))
         if logits.shape == victim_logits.shape and torch.allclose(logits.to(victim_logits.dtype), victim_logits,
                                                                   rtol=1e-4, atol=1e-4):
             warnings.warn(f"bystander {getattr(model, 'name', type(model).__name__)} gives the victim's logits: "
-                          "it is the victim, and is left out", stacklevel=3)
+                          "it is the victim, and is left out", stacklevel=4)
         else:
             kept.append(model)
     return kept

@@ -99,11 +99,11 @@ class DiffusionGenerator(nn.Module):
                  num_inference_steps: int = 50, guidance_scale: float = 1.0,
                  null_class: int | None = None, solver: str | None = "ddim",
                  class_names: Sequence[str] | None = None, prompt_template: str = "a photo of a {}",
-                 input_mapping: str = "resize", guard: str | None = None, bystanders: Sequence[str] = (),
+                 input_mapping: str = "resize", guard: str | None = None, bystanders: Sequence[str] | None = (),
                  memory: str = "auto") -> None:
         super().__init__()
         check_settings(num_inference_steps=num_inference_steps, solver=solver, input_mapping=input_mapping,
-                       memory=memory)  # before the memory plan patches the networks
+                       memory=memory, bystanders=bystanders)  # before the memory plan patches the networks
         self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer
         self.requires_grad_(False).eval()
         memory = ("checkpoint" if vae is not None else "none") if memory == "auto" else memory
@@ -116,7 +116,7 @@ class DiffusionGenerator(nn.Module):
         self.null_class = null_class
         self.class_names = list(class_names) if class_names is not None else None
         self.prompt_template = prompt_template
-        self.input_mapping, self.guard, self.bystanders = input_mapping, guard, tuple(bystanders)
+        self.input_mapping, self.guard, self.bystanders = input_mapping, guard, tuple(bystanders or ())
 
     @classmethod
     def from_diffusers(cls, unet: nn.Module, scheduler: Any, vae: nn.Module | None = None,

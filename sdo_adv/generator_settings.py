@@ -26,7 +26,7 @@ def check_settings(**settings: Any) -> None:
         raise ValueError(f"unknown solver {settings['solver']!r}; accepted: {', '.join(SOLVERS)} or None")
     if settings.get("input_mapping", "resize") not in INPUT_MAPPINGS:
         raise ValueError(f"unknown input_mapping {settings['input_mapping']!r}; accepted: {', '.join(INPUT_MAPPINGS)}")
-    bystanders = settings.get("bystanders", ())
+    bystanders = settings.get("bystanders") or ()
     if not isinstance(bystanders, (list, tuple)) or not all(isinstance(b, str) and b.strip() for b in bystanders):
         raise ValueError(f"bystanders must be a list of classifier specs, got {bystanders!r}")
     if settings.get("memory", "auto") not in ("auto", *MEMORY_MODES):

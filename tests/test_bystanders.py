@@ -10,8 +10,10 @@ import torch
 from sdo_adv import load_classifier
 from sdo_adv.attacks import SDOAttack, SDOGenerate
 from sdo_adv.bystanders import chosen_bystanders, distinct, margin_gradients, project_out, recommended, remove_span
+from sdo_adv.generator import DiffusionGenerator
 from sdo_adv.generator_settings import check_settings
-from tiny import TinyClassifier, attack_steps, cw_margin, tiny_models, tiny_sdo_attack, unfooled_batch
+from tiny import (TinyClassifier, attack_steps, cw_margin, ddpm_scheduler, tiny_models, tiny_sdo_attack, tiny_unet,
+                  unfooled_batch)
 
 models = pytest.fixture(name="models")(tiny_models)
 
@@ -94,11 +96,14 @@ def test_auto_takes_the_first_three_recommended_that_are_not_the_victim_or_the_g
 def test_the_embedded_generator_recommends_bystanders_and_generation_takes_none():
     attack = SDOAttack("sdo-adv:digits-mlp", "sdo-adv:digits")
     assert [b.name for b in attack.bystanders] == [f"sdo-adv:digits-{n}" for n in ("lenet", "resnet18", "cnn-aug")]
-    assert SDOAttack("sdo-adv:digits-mlp", "sdo-adv:digits", bystanders=()).bystanders == []
+    for none in ((), None, "none"):
+        assert SDOAttack("sdo-adv:digits-mlp", "sdo-adv:digits", bystanders=none).bystanders == []
     assert SDOGenerate(load_classifier("sdo-adv:digits-mlp"), "sdo-adv:digits").bystanders == []
     for bad in ("sdo-adv:digits-lenet", [""], 3):
         with pytest.raises(ValueError, match="bystanders must be a list of classifier specs"):
             check_settings(bystanders=bad)
+    with pytest.raises(ValueError, match="bystanders must be a list of classifier specs"):
+        DiffusionGenerator(tiny_unet(), ddpm_scheduler(), bystanders="sdo-adv:digits-lenet")
 
 
 def test_a_bystander_giving_the_victims_logits_is_left_out(models):

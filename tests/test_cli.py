@@ -343,7 +343,8 @@ def test_bystanders_reach_the_attack_and_the_run_record(assets, tmp_path):
 def test_auto_bystanders_are_the_generators_recommended_ones_but_never_the_classifier_or_a_judge(assets, tmp_path):
     """By default a run takes the generator's recommended bystanders (sdo_adv.json), leaving out
     the attacked classifier and the judges, and records the specs; a resume takes the recorded
-    ones, and a run folder of an earlier version (no bystanders recorded) resumes with none."""
+    ones, and a run folder of an earlier version (no bystanders recorded) resumes with none; a
+    resume with another judge is refused as such; a bystander cannot judge the run later."""
     import shutil
 
     victim, other = (f"{assets / 'net.py'}:{name}" for name in ("create_model", "create_other"))
@@ -357,7 +358,13 @@ def test_auto_bystanders_are_the_generators_recommended_ones_but_never_the_class
                                  (tmp_path / "c", ("--bystanders", "none"), [])):
         res = invoke(*args(out, *extra))
         assert res.exit_code == 0 and recorded(out) == expected, res.output
-    assert invoke(*args(tmp_path / "a")).exit_code == 0  # a resume under auto takes the recorded ones
+    (generator / "sdo_adv.json").write_text(json.dumps({"num_inference_steps": 3, "bystanders": []}))
+    res = invoke(*args(tmp_path / "a"))  # under auto, the recorded ones, not the generator's new advice
+    assert res.exit_code == 0 and f"bystanders ['{other}']" in res.output and recorded(tmp_path / "a") == [other]
+    res = invoke(*args(tmp_path / "a", "--judge", other))  # the recorded bystander: refused as a new judge
+    assert res.exit_code == 2 and f"judges: [] -> ['{other}']" in res.output, res.output
+    res = invoke("evaluate", "--adv", str(tmp_path / "a"), "--judges", other, "--out", str(tmp_path / "eval"))
+    assert res.exit_code == 2 and "was the run's guard or a bystander" in res.output, res.output
     res = invoke(*args(tmp_path / "a", "--bystanders", "none"))
     assert res.exit_code == 2 and f"bystanders: ['{other}'] -> []" in res.output, res.output
     run = json.loads((tmp_path / "c" / "run.json").read_text())

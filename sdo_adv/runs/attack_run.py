@@ -26,6 +26,7 @@ from ..distributed import Process, current_process
 from ..estimators import parse_estimators
 from ..files import write_text
 from ..generator import DiffusionGenerator
+from ..generator_settings import check_settings
 from ..judging import attack_success, judge_predictions, natural_success
 from ..loading import (UnsafeCheckpointError, check_classifier_spec, generator_settings, load_classifier,
                        load_generator)
@@ -119,11 +120,12 @@ class AttackRun:
         the generator's stored settings, the guard's spec (``none`` for no guard) and the
         bystanders' specs (``auto`` resolved)."""
         stored = _load(lambda: generator_settings(config.generator), "generator")
+        _load(lambda: check_settings(**stored), "generator")
         guard = (stored.get("guard") or "none") if config.guard == "auto" else config.guard
         if guard in (config.classifier, *config.judges):
             raise RunError(f"the generator's recommended guard {guard} is the attacked classifier or a judge: "
                            "name another guard, or none", "guard")
-        bystanders = tuple(recommended(stored.get("bystanders", ()), (config.classifier, guard, *config.judges))
+        bystanders = tuple(recommended(stored.get("bystanders") or (), (config.classifier, guard, *config.judges))
                            if config.bystanders == "auto" else config.bystanders)
         specs = [(config.classifier, "classifier"), (guard, "guard"), *[(j, "judges") for j in config.judges],
                  *[(b, "bystanders") for b in bystanders]]
@@ -151,12 +153,12 @@ class AttackRun:
         used = AttackRunConfig.recorded(recorded)
         taken = {k: used[k] for k, left in LEFT_TO_GENERATOR.items()
                  if getattr(config, k) == left and used.get(k) not in (None, left)}
+        changed = {k: v for k, v in config.changes_from(recorded).items() if k not in taken}
+        if changed:  # before taking the recorded values: they are checked against the new settings
+            raise refused_resume(self.out, changed)
         if taken:
             self._say("resuming with the run's " + ", ".join(f"{k} {v!r}" for k, v in taken.items()))
             config = replace(config, **taken)
-        changed = config.changes_from(recorded)
-        if changed:
-            raise refused_resume(self.out, changed)
         return config
 
     # ---- checks once the models are loaded, before any compute ----------------------------------

@@ -72,6 +72,10 @@ def evaluate_run(adv_dir: str | Path, specs: Sequence[str], robustbench_dir: str
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if config["classifier"] in judges:
         raise RunError(f"the attacked classifier {config['classifier']} cannot judge its own attack", "judges")
+    in_loss = [j for j in judges if j in (config.get("guard"), *config.get("bystanders", ()))]
+    if in_loss:
+        raise RunError(f"{in_loss[0]} was the run's guard or a bystander (in the attack's loss or gradient): it "
+                       "cannot judge it", "judges")
     models = _load_models(list(dict.fromkeys([*specs, *judges])), robustbench_dir, device, trust_pickle)
     dataset = read_dataset(config["input"], config["labels"], recorded_synsets(config))
     by_source = {it.source: it for it in dataset.items}
