@@ -21,8 +21,16 @@ import torch
 from torch import Tensor, nn
 
 from .loading import load_classifier
+from .losses import cw_margin
 
 AUTO_COUNT = 3  # how many of a generator's recommended bystanders "auto" takes
+
+
+def _logits(model: nn.Module, images: Tensor) -> Tensor:
+    """``model``'s logits at ``images``, given in its parameters' dtype (a float32 bystander
+    reads float64 images)."""
+    weight = next(model.parameters(), None)
+    return model(images if weight is None else images.to(weight.dtype))
 
 
 def margin_gradients(images: Tensor, bystanders: Sequence[nn.Module]) -> list[Tensor]:
@@ -32,11 +40,8 @@ def margin_gradients(images: Tensor, bystanders: Sequence[nn.Module]) -> list[Te
         x = images.detach().requires_grad_(True)
         grads = []
         for model in bystanders:
-            weight = next(model.parameters(), None)
-            logits = model(x if weight is None else x.to(weight.dtype))
-            read = logits.argmax(1, keepdim=True).detach()
-            others = logits.scatter(1, read, float("-inf"))
-            margin = logits.gather(1, read)[:, 0] - others.max(1).values
+            logits = _logits(model, x)
+            margin = cw_margin(logits, logits.argmax(1))
             grads.append(torch.autograd.grad(margin.sum(), x)[0].flatten(1))
     return grads
 
@@ -125,9 +130,8 @@ def distinct(bystanders: Sequence[nn.Module], images: Tensor, victim_logits: Ten
     its gradient would leave the victim nothing to follow): it is left out, with a warning."""
     kept = []
     for model in bystanders:
-        weight = next(model.parameters(), None)
         with torch.no_grad():
-            logits = model(images if weight is None else images.to(weight.dtype))
+            logits = _logits(model, images)
         if logits.shape == victim_logits.shape and torch.allclose(logits.to(victim_logits.dtype), victim_logits,
                                                                   rtol=1e-4, atol=1e-4):
             warnings.warn(f"bystander {getattr(model, 'name', type(model).__name__)} gives the victim's logits: "
