@@ -24,6 +24,7 @@ VARIABLES = ("cond", "latent", "both", "lora")
 LEARNING_RATES = {"cond": 0.1, "latent": 0.1, "both": 0.1, "lora": 0.03}
 OFFSETS, SETTINGS = "offsets.safetensors", "universal.json"
 CALIBRATION_SEEDS = 5000  # a class's calibration seeds follow its training seeds: at most this many of each
+BATCH = 64  # trajectories sampled (and read by the classifier) at once
 
 
 def check_pool(pool: int, batch_size: int) -> None:
@@ -154,11 +155,11 @@ class UniversalSDO:
 
     def _class_trajectories(self, first: int, n: int) -> tuple[Tensor, Tensor, Tensor]:
         """Labels, latents at the changes' step and plain images of ``n`` trajectories per class
-        from seeds ``seed * 10**6 + class * 10**4 + first + i`` (in batches of 64)."""
+        from seeds ``seed * 10**6 + class * 10**4 + first + i`` (in batches of :data:`BATCH`)."""
         s = self.settings["seed"]
         labels = torch.tensor(self.classes).repeat_interleave(n)
         seeds = [s * 10**6 + int(c) * 10**4 + first + i for c in self.classes for i in range(n)]
-        parts = [self._trajectories(labels[i:i + 64], seeds[i:i + 64]) for i in range(0, len(labels), 64)]
+        parts = [self._trajectories(labels[i:i + BATCH], seeds[i:i + BATCH]) for i in range(0, len(labels), BATCH)]
         return labels, torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     def _changed(self, states: Tensor, labels: Tensor, estimator: Any, scale: float = 1.0) -> Tensor:
@@ -201,13 +202,13 @@ class UniversalSDO:
             raise ValueError(f"target must be in (0, 1] and per_class at most {CALIBRATION_SEEDS}, "
                              f"got {target} and {per_class}")
         labels, states, draws = self._class_trajectories(CALIBRATION_SEEDS, per_class)
-        batches = range(0, len(labels), 64)
-        correct = torch.cat([self.model(draws[i:i + 64]).argmax(1).cpu() for i in batches]) == labels
+        batches = range(0, len(labels), BATCH)
+        correct = torch.cat([self.model(draws[i:i + BATCH]).argmax(1).cpu() for i in batches]) == labels
         if not correct.any():
             raise ValueError("the classifier misreads every calibration draw: nothing to fool")
 
         def fooling(scale: float) -> float:
-            read = torch.cat([self.model(self._changed(states[i:i + 64], labels[i:i + 64], "skip", scale))
+            read = torch.cat([self.model(self._changed(states[i:i + BATCH], labels[i:i + BATCH], "skip", scale))
                               .argmax(1).cpu() for i in batches])
             return ((read != labels) & correct).sum().item() / correct.sum().item()
 
